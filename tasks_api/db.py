@@ -1,0 +1,177 @@
+"""The engine, one pooled connection per request, and migrations."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+from alembic import command
+from alembic.config import Config
+from flask import Flask, current_app, g
+from sqlalchemy import Connection, Engine, NullPool, create_engine, event, text
+from sqlalchemy.engine import URL
+
+from .config import Settings, masked
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_FILE = "tasks.sqlite3"
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Create the engine; in embedded mode, create and migrate the SQLite file."""
+    if settings.embedded:
+        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+        url = sqlite_url(app.instance_path)
+        engine = _sqlite_engine(url, settings)
+        with _file_lock(Path(app.instance_path) / ".migrate.lock"):
+            upgrade(url)
+        log.info("database: embedded SQLite file %s", url.database)
+    else:
+        assert settings.database_url is not None
+        engine = _postgresql_engine(settings.database_url, settings)
+        log.info("database: %s", masked(settings.database_url))
+    app.extensions["tasks_api.engine"] = engine
+    app.teardown_appcontext(_release_connection)
+    app.cli.add_command(db_cli)
+
+
+def sqlite_url(instance_path: str) -> URL:
+    return URL.create("sqlite+pysqlite", database=str(Path(instance_path) / SQLITE_FILE))
+
+
+def _postgresql_engine(url: URL, settings: Settings) -> Engine:
+    connect_args: dict[str, object] = {"prepare_threshold": settings.db_prepare_threshold}
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = 10
+    # Autocommit: every endpoint is a single statement, so BEGIN/COMMIT would only add
+    # round trips. Reads run outside any transaction; writes commit as they run.
+    return create_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        pool_size=settings.db_pool_size,
+        max_overflow=0,
+        pool_timeout=settings.db_pool_timeout,
+        connect_args=connect_args,
+    )
+
+
+def _sqlite_engine(url: URL, settings: Settings) -> Engine:
+    engine = create_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        pool_size=settings.db_pool_size,
+        max_overflow=0,
+        pool_timeout=settings.db_pool_timeout,
+        # Wait this long for another gunicorn worker's write lock instead of failing.
+        connect_args={"timeout": settings.db_pool_timeout},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        # WAL lets readers run while another worker writes.
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+    return engine
+
+
+def engine() -> Engine:
+    engine: Engine = current_app.extensions["tasks_api.engine"]
+    return engine
+
+
+def connection() -> Connection:
+    """The request's connection, checked out of the pool on first use."""
+    if "db_connection" not in g:
+        g.db_connection = engine().connect()
+    conn: Connection = g.db_connection
+    return conn
+
+
+def _release_connection(_exc: BaseException | None) -> None:
+    conn: Connection | None = g.pop("db_connection", None)
+    if conn is not None:
+        conn.close()
+
+
+def ping() -> None:
+    """Raise if the database does not answer."""
+    connection().execute(text("SELECT 1"))
+
+
+def upgrade(url: URL, revision: str = "head") -> None:
+    """Run the Alembic migrations up to `revision` on the database at `url`."""
+    _migrate(url, lambda config: command.upgrade(config, revision))
+
+
+def _migrate(url: URL, run: Callable[[Config], None]) -> None:
+    # A connection of its own, outside the autocommit pool: DDL runs in one
+    # transaction where the database allows it (PostgreSQL).
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = conn
+            run(config)
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Serialise first-start migrations between gunicorn workers sharing one file."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: a single `flask run` process, no race to guard.
+        yield
+        return
+    with path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+db_cli = click.Group("db", help="Database migrations (Alembic).")
+
+
+def _migration_url() -> URL:
+    settings: Settings = current_app.extensions["tasks_api.settings"]
+    url = settings.migration_url or sqlite_url(current_app.instance_path)
+    click.echo(f"database: {masked(url)}", err=True)
+    return url
+
+
+@db_cli.command("upgrade")
+@click.argument("revision", default="head")
+def upgrade_command(revision: str) -> None:
+    """Migrate the database to REVISION (default: head).
+
+    Uses DATABASE_URL_UNPOOLED when set: schema changes should not go through a
+    transaction-mode pooler.
+    """
+    upgrade(_migration_url(), revision)
+
+
+@db_cli.command("downgrade")
+@click.argument("revision")
+def downgrade_command(revision: str) -> None:
+    """Revert the database to REVISION (e.g. -1, or base)."""
+    _migrate(_migration_url(), lambda config: command.downgrade(config, revision))
+
+
+@db_cli.command("revision")
+@click.option("-m", "--message", required=True, help="What the migration does.")
+def revision_command(message: str) -> None:
+    """Write a new migration from the difference between the models and the database."""
+    _migrate(
+        _migration_url(),
+        lambda config: command.revision(config, message=message, autogenerate=True),
+    )

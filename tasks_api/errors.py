@@ -1,0 +1,179 @@
+"""Every error the API answers, as RFC 9457 problem details, produced here and only here."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any, NoReturn
+
+from flask import Flask, Response, current_app, g, request
+from flask_smorest import Api
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from werkzeug.exceptions import HTTPException, NotFound, UnprocessableEntity
+
+from .schemas import ProblemSchema
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_SECONDS = "1"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def init_app(app: Flask) -> None:
+    # Registered after flask-smorest's Api, so these replace its JSON error handler.
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(OperationalError, _database_unavailable)
+    app.register_error_handler(InterfaceError, _database_unavailable)
+    app.register_error_handler(PoolTimeoutError, _database_unavailable)
+    app.register_error_handler(Exception, _unexpected)
+    app.after_request(_send_request_id)
+
+
+def request_id() -> str:
+    """The id of this request: the router's `X-Request-ID` when sane, else a new one."""
+    if "request_id" not in g:
+        sent = request.headers.get("X-Request-ID", "")
+        g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+    rid: str = g.request_id
+    return rid
+
+
+def _send_request_id(response: Response) -> Response:
+    response.headers["X-Request-ID"] = request_id()
+    return response
+
+
+def task_not_found() -> NoReturn:
+    raise NotFound("No task with this id belongs to this user.")
+
+
+def validation_failed(errors: Mapping[str, list[str]]) -> NoReturn:
+    exc = UnprocessableEntity("The request is not valid; see `errors`.")
+    exc.data = {"errors": dict(errors)}  # type: ignore[attr-defined]
+    raise exc
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    errors: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    **members: str,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **members,
+    }
+    if errors:
+        body["errors"] = errors
+    response = current_app.response_class(
+        current_app.json.dumps(body), status=status, mimetype=PROBLEM_JSON
+    )
+    response.headers.update(headers or {})
+    return response
+
+
+def _http_error(exc: HTTPException) -> Response | HTTPException:
+    if exc.code is None or exc.code < 400:  # routing redirects are not errors
+        return exc
+    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+    data: Mapping[str, Any] = getattr(exc, "data", None) or {}
+    headers.update(data.get("headers") or {})
+    errors = data.get("errors")
+    if errors is None and "messages" in data:  # raised by webargs while parsing
+        errors = _flatten(data["messages"])
+        detail = "The request is not valid; see `errors`."
+    else:
+        detail = exc.description or HTTPStatus(exc.code).description
+    members = {"request_id": request_id()} if exc.code >= 500 else {}
+    return problem(exc.code, detail, errors=errors, headers=headers, **members)
+
+
+# Each problem response, by status: its component name in the OpenAPI document and
+# what it means for the operations that list it.
+RESPONSES = {
+    400: ("BadRequest", "The body is not valid JSON, or not a JSON object."),
+    404: ("NotFound", "No such task for this user (or a malformed task id)."),
+    413: ("PayloadTooLarge", "The body is larger than 64 KiB."),
+    415: ("UnsupportedMediaType", "A body was sent that is not `application/json`."),
+    422: ("ValidationFailed", "A field or parameter is not valid; see `errors`."),
+    500: ("InternalServerError", "An unexpected failure; quote `request_id` when reporting it."),
+    503: ("ServiceUnavailable", "The database cannot be reached; retry after `Retry-After`."),
+}
+
+
+def document(api: Api) -> None:
+    """Put the problem responses in the OpenAPI components, for operations to refer to."""
+    api.spec.components.header(
+        "RequestId",
+        {
+            "description": "The request's id: the one sent in `X-Request-ID`, or a new one.",
+            "schema": {"type": "string"},
+        },
+    )
+    retry_after = {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "string", "example": RETRY_AFTER_SECONDS},
+    }
+    for status, (name, description) in RESPONSES.items():
+        headers: dict[str, Any] = {"X-Request-ID": "RequestId"}
+        if status == 503:
+            headers["Retry-After"] = retry_after
+        api.spec.components.response(
+            name,
+            {
+                "description": description,
+                "content": {PROBLEM_JSON: {"schema": ProblemSchema}},
+                "headers": headers,
+            },
+        )
+
+
+def _flatten(messages: Mapping[str, Any]) -> dict[str, Any]:
+    """webargs nests messages by location; clients want them by field.
+
+    `{"json": {"title": [...], "_schema": [...]}}` becomes
+    `{"title": [...], "json": [...]}`: whole-location messages keep the location's name.
+    """
+    flat: dict[str, Any] = {}
+    for location, fields in messages.items():
+        if not isinstance(fields, Mapping):
+            flat[location] = fields
+            continue
+        for field, field_messages in fields.items():
+            flat[location if field == "_schema" else field] = field_messages
+    return flat
+
+
+def _database_unavailable(exc: Exception) -> Response:
+    # Never the exception text: SQLAlchemy's includes the statement.
+    cause = getattr(exc, "orig", None) or exc
+    log.warning(
+        "database unavailable: %s (request_id=%s)",
+        type(cause).__name__,
+        request_id(),
+    )
+    return problem(
+        503,
+        "The database cannot be reached right now; retry shortly.",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+        request_id=request_id(),
+    )
+
+
+def _unexpected(exc: Exception) -> Response:
+    log.exception("unexpected error (request_id=%s)", request_id())
+    return problem(
+        500,
+        "An unexpected error occurred. Quote the request id when reporting it.",
+        request_id=request_id(),
+    )

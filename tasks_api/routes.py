@@ -1,0 +1,212 @@
+"""HTTP in, one repository call, HTTP out: the task endpoints and the health checks."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from uuid import UUID
+
+import flask_smorest
+import marshmallow as ma
+from flask import url_for
+from flask.views import MethodView
+from sqlalchemy.engine import RowMapping
+from webargs.core import is_json, missing
+from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+
+from . import db, errors, repository
+from .schemas import (
+    USER_ID_PATTERN,
+    HealthSchema,
+    TaskCompletionSchema,
+    TaskCreateSchema,
+    TaskSchema,
+    TaskUpdateSchema,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class JSONBodyParser(FlaskParser):
+    """Reads request bodies the way API.md says.
+
+    An empty body is no body, whatever its Content-Type (front ends send one with
+    bodiless requests). Anything else must be a JSON object sent as JSON.
+    """
+
+    def load_json(self, req: Any, schema: ma.Schema) -> Any:
+        body = req.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH
+        if not body:
+            return missing
+        if not is_json(req.mimetype):
+            raise UnsupportedMediaType("Send the body as application/json.")
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            raise BadRequest("The body is not valid JSON.") from None
+        if not isinstance(data, dict):
+            raise BadRequest("The body must be a JSON object.")
+        return data
+
+
+class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = JSONBodyParser()
+
+    def response(self, status_code: int, schema: Any = None, **kwargs: Any) -> Callable[[F], F]:
+        # Every response carries X-Request-ID; say so in each operation's docs.
+        kwargs["headers"] = {"X-Request-ID": "RequestId", **(kwargs.get("headers") or {})}
+        decorator: Callable[[F], F] = super().response(status_code, schema, **kwargs)
+        return decorator
+
+
+def operation(operation_id: str, *error_statuses: int) -> Callable[[F], F]:
+    """Name the operation and list the problem responses it can give besides a 500."""
+    responses = {
+        status: {"$ref": f"#/components/responses/{errors.RESPONSES[status][0]}"}
+        for status in (*error_statuses, 500)
+    }
+    decorator: Callable[[F], F] = Blueprint.doc(operationId=operation_id, responses=responses)
+    return decorator
+
+
+tasks = Blueprint(
+    "tasks",
+    __name__,
+    url_prefix="/api/<user_id>/tasks",
+    description="A user's to-do tasks.",
+)
+
+USER_ID_PARAMETER = {
+    "in": "path",
+    "name": "user_id",
+    "required": True,
+    "description": "The owner's id, as the auth provider issues it.",
+    "schema": {"type": "string", "pattern": USER_ID_PATTERN, "minLength": 1, "maxLength": 128},
+}
+_USER_ID = re.compile(USER_ID_PATTERN)
+
+
+@tasks.url_value_preprocessor
+def _check_user_id(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    if values is not None and not _USER_ID.fullmatch(values["user_id"]):
+        errors.validation_failed(
+            {"user_id": ["Must be 1 to 128 characters of A-Z a-z 0-9 . _ @ : | -"]}
+        )
+
+
+def _found(task: RowMapping | None) -> RowMapping:
+    if task is None:
+        errors.task_not_found()
+    return task
+
+
+@tasks.route("")
+class Tasks(MethodView):
+    init_every_request = False
+
+    @operation("listTasks", 422, 503)
+    @tasks.response(200, TaskSchema(many=True))
+    def get(self, user_id: str) -> Sequence[RowMapping]:
+        """List a user's tasks, newest first"""
+        return repository.list_tasks(db.connection(), user_id=user_id)
+
+    @operation("createTask", 400, 413, 415, 422, 503)
+    @tasks.arguments(TaskCreateSchema)
+    @tasks.response(
+        201,
+        TaskSchema,
+        headers={"Location": {"description": "The new task's URL.", "schema": {"type": "string"}}},
+    )
+    def post(self, fields: dict[str, Any], user_id: str) -> tuple[RowMapping, dict[str, str]]:
+        """Create a task"""
+        task = repository.create_task(db.connection(), user_id=user_id, **fields)
+        location = url_for(".TaskById", user_id=user_id, task_id=task["id"])
+        return task, {"Location": location}
+
+
+@tasks.route("/<uuid:task_id>")
+class TaskById(MethodView):
+    init_every_request = False
+
+    @operation("getTask", 404, 422, 503)
+    @tasks.response(200, TaskSchema)
+    def get(self, user_id: str, task_id: UUID) -> RowMapping:
+        """Get a task"""
+        return _found(repository.get_task(db.connection(), user_id=user_id, task_id=task_id))
+
+    @operation("updateTask", 400, 404, 413, 415, 422, 503)
+    @tasks.arguments(TaskUpdateSchema)
+    @tasks.response(200, TaskSchema)
+    def put(self, changes: dict[str, Any], user_id: str, task_id: UUID) -> RowMapping:
+        """Update a task's fields
+
+        Only the fields present in the body change; send at least one.
+        """
+        return _found(
+            repository.update_task(
+                db.connection(), user_id=user_id, task_id=task_id, changes=changes
+            )
+        )
+
+    @operation("deleteTask", 404, 422, 503)
+    @tasks.response(204, description="Deleted.")
+    def delete(self, user_id: str, task_id: UUID) -> tuple[str, int]:
+        """Delete a task"""
+        if not repository.delete_task(db.connection(), user_id=user_id, task_id=task_id):
+            errors.task_not_found()
+        return "", 204
+
+
+@tasks.route("/<uuid:task_id>/complete")
+class TaskCompletion(MethodView):
+    init_every_request = False
+
+    @operation("toggleTaskCompletion", 400, 404, 413, 415, 422, 503)
+    @tasks.arguments(TaskCompletionSchema, required=False)
+    @tasks.response(200, TaskSchema)
+    def patch(self, body: dict[str, Any], user_id: str, task_id: UUID) -> RowMapping:
+        """Toggle a task's completion, or set it
+
+        With no body (or `{}`), flips `completed`. With `{"completed": true|false}`,
+        sets it; setting the value it already has changes nothing.
+        """
+        return _found(
+            repository.set_completed(
+                db.connection(),
+                user_id=user_id,
+                task_id=task_id,
+                completed=body.get("completed"),
+            )
+        )
+
+
+health = Blueprint("health", __name__, url_prefix="/health", description="Probes for the platform.")
+
+
+@health.route("")
+class Liveness(MethodView):
+    init_every_request = False
+
+    @operation("getHealth")
+    @health.response(200, HealthSchema)
+    def get(self) -> dict[str, str]:
+        """Report that the process is up
+
+        Never touches the database, so a sleeping database does not fail it.
+        """
+        return {"status": "ok"}
+
+
+@health.route("/ready")
+class Readiness(MethodView):
+    init_every_request = False
+
+    @operation("getReadiness", 503)
+    @health.response(200, HealthSchema)
+    def get(self) -> dict[str, str]:
+        """Report whether the database answers"""
+        db.ping()
+        return {"status": "ok"}

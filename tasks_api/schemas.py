@@ -1,0 +1,151 @@
+"""Marshmallow schemas: what a request may send and what a response carries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import fields, validate
+
+USER_ID_PATTERN = r"^[A-Za-z0-9._@:|-]{1,128}$"
+TITLE_MAX = 200
+DESCRIPTION_MAX = 1000
+SERVER_SET = ("id", "user_id", "completed_at", "created_at", "updated_at", "version")
+
+
+class Text(fields.String):
+    """A string PostgreSQL can store: no NUL character, no lone UTF-16 surrogate."""
+
+    def __init__(self, *, strip: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.strip = strip
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text:
+            raise ma.ValidationError("Must not contain the NUL character.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ma.ValidationError("Must be valid Unicode text.") from None
+        return text.strip() if self.strip else text
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON `true` or `false` only; marshmallow's Boolean would also take "yes" or 1."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class Timestamp(fields.DateTime):
+    """RFC 3339 in UTC with microseconds and a `Z`: 2026-11-25T14:03:07.123456Z."""
+
+    def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class RequestSchema(ma.Schema):
+    """A request body: unknown fields are an error, server-set ones say so."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    @ma.pre_load
+    def _reject_server_set(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        errors = {name: ["Set by the server; leave it out."] for name in SERVER_SET if name in data}
+        if errors:
+            raise ma.ValidationError(errors)
+        return data
+
+
+def _title(**kwargs: Any) -> Text:
+    return Text(
+        strip=True,
+        validate=validate.Length(min=1, max=TITLE_MAX),
+        metadata={
+            "description": f"1 to {TITLE_MAX} characters once surrounding whitespace is trimmed.",
+            "pattern": r"\S",
+            "example": "Buy milk",
+        },
+        **kwargs,
+    )
+
+
+def _description() -> Text:
+    return Text(
+        allow_none=True,
+        validate=validate.Length(max=DESCRIPTION_MAX),
+        metadata={"example": "Two litres, semi-skimmed"},
+    )
+
+
+class TaskCreateSchema(RequestSchema):
+    title = _title(required=True)
+    description = _description()
+    completed = StrictBoolean(metadata={"description": "Defaults to false."})
+
+
+class TaskUpdateSchema(RequestSchema):
+    title = _title()
+    description = _description()
+    completed = StrictBoolean()
+
+    @ma.validates_schema
+    def _not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data:
+            raise ma.ValidationError("Send at least one of: title, description, completed.")
+
+
+class TaskCompletionSchema(RequestSchema):
+    completed = StrictBoolean(
+        metadata={"description": "The state to set. Leave the body out to toggle instead."}
+    )
+
+
+class TaskSchema(ma.Schema):
+    id = fields.UUID(required=True)
+    user_id = fields.String(required=True)
+    title = fields.String(required=True)
+    description = fields.String(required=True, allow_none=True)
+    completed = fields.Boolean(required=True)
+    completed_at = Timestamp(
+        required=True,
+        allow_none=True,
+        metadata={"description": "When the task last became completed; null while it is not."},
+    )
+    created_at = Timestamp(required=True)
+    updated_at = Timestamp(required=True)
+    version = fields.Integer(
+        required=True,
+        metadata={"description": "Starts at 1 and grows by one on every change."},
+    )
+
+
+class HealthSchema(ma.Schema):
+    status = fields.String(required=True, metadata={"example": "ok"})
+
+
+class ProblemSchema(ma.Schema):
+    """An error, as RFC 9457 problem details."""
+
+    type = fields.String(required=True, metadata={"example": "about:blank"})
+    title = fields.String(required=True, metadata={"example": "Not Found"})
+    status = fields.Integer(required=True, metadata={"example": 404})
+    detail = fields.String(required=True)
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={
+            "description": "Validation failures: each offending field (or `json`, "
+            "`query` or `path` for the whole location) mapped to its messages."
+        },
+    )
+    request_id = fields.String(
+        metadata={"description": "Quote it when reporting the failure; it is in the logs."}
+    )
