@@ -6,11 +6,12 @@ import logging
 from importlib.resources import files
 from pathlib import Path
 
+import flask_smorest
 from flask import Blueprint, Flask
-from flask_smorest import Api
 
 from . import db, errors, routes
 from .config import Settings
+from .schemas import ProblemSchema
 
 __version__ = "1.0.0"
 
@@ -24,6 +25,17 @@ Each user's to-do tasks, under `/api/{user_id}/tasks`.
 Errors are `application/problem+json` (RFC 9457). Request bodies are JSON objects of at
 most 64 KiB; an empty body counts as no body.
 """
+
+
+class Api(flask_smorest.Api):
+    """flask-smorest's Api, without the parts that would misdescribe this API."""
+
+    # Errors are documented per operation as problem+json, not as a generic default.
+    DEFAULT_ERROR_RESPONSE_NAME = None
+    ERROR_SCHEMA = ProblemSchema
+
+    def _register_pagination_header(self) -> None:
+        """Lists page by cursor and `Link`, not flask-smorest's X-Pagination header."""
 
 
 def create_app(settings: Settings | None = None, *, instance_path: str | None = None) -> Flask:
@@ -49,12 +61,9 @@ def create_app(settings: Settings | None = None, *, instance_path: str | None = 
     db.init_app(app, settings)
 
     api = Api(app)
-    # Errors are documented per operation as problem+json, not as a generic default.
-    api.DEFAULT_ERROR_RESPONSE_NAME = None  # type: ignore[assignment]
     errors.init_app(app)
     errors.document(api)
-    api.register_blueprint(routes.tasks, parameters=[routes.USER_ID_PARAMETER])
-    api.register_blueprint(routes.health)
+    routes.register(api)
     app.register_blueprint(_swagger_ui_assets())
 
     log.warning(

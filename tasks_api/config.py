@@ -130,5 +130,3 @@ def _log_level(raw: str | None) -> str:
 def masked(url: URL) -> str:
     """The URL as it may appear in a log line: password hidden."""
     return url.render_as_string(hide_password=True)
-
-

@@ -109,7 +109,7 @@ def upgrade(url: URL, revision: str = "head") -> None:
     _migrate(url, lambda config: command.upgrade(config, revision))
 
 
-def _migrate(url: URL, run: Callable[[Config], None]) -> None:
+def _migrate(url: URL, run: Callable[[Config], object]) -> None:
     # A connection of its own, outside the autocommit pool: DDL runs in one
     # transaction where the database allows it (PostgreSQL).
     engine = create_engine(url, poolclass=NullPool)

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
+# RFC 9110's names where Python's HTTPStatus still has the older ones.
+_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -68,7 +70,7 @@ def problem(
 ) -> Response:
     body: dict[str, Any] = {
         "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
+        "title": _TITLES.get(status) or HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
         **members,
@@ -117,6 +119,7 @@ def document(api: Api) -> None:
         "RequestId",
         {
             "description": "The request's id: the one sent in `X-Request-ID`, or a new one.",
+            "required": True,
             "schema": {"type": "string"},
         },
     )

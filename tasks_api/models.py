@@ -67,8 +67,7 @@ class Task(Base):
         # Serves the default list order (newest first) for one user as an index range scan.
         Index("ix_tasks_user_id_created_at_id", "user_id", "created_at", "id"),
         CheckConstraint(
-            "(completed AND completed_at IS NOT NULL)"
-            " OR (NOT completed AND completed_at IS NULL)",
+            "(completed AND completed_at IS NOT NULL) OR (NOT completed AND completed_at IS NULL)",
             name="completed_at_set_iff_completed",
         ),
         CheckConstraint("version >= 1", name="version_positive"),

@@ -91,9 +91,7 @@ def update_task(
         )
     values["updated_at"] = case((changed, now), else_=TASKS.c.updated_at)
     values["version"] = TASKS.c.version + case((changed, 1), else_=0)
-    stmt = (
-        update(TASKS).where(*_owned(user_id, task_id)).values(values).returning(*COLUMNS)
-    )
+    stmt = update(TASKS).where(*_owned(user_id, task_id)).values(values).returning(*COLUMNS)
     return conn.execute(stmt).mappings().first()
 
 

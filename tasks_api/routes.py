@@ -72,6 +72,14 @@ def operation(operation_id: str, *error_statuses: int) -> Callable[[F], F]:
     return decorator
 
 
+def register(api: flask_smorest.Api) -> None:
+    """Register the blueprints and what their docs need beyond the decorators."""
+    # marshmallow cannot say "at least one field"; JSON Schema can.
+    api.spec.components.schema("TaskUpdate", {"minProperties": 1}, schema=TaskUpdateSchema)
+    api.register_blueprint(tasks, parameters=[_USER_ID_PARAMETER])
+    api.register_blueprint(health)
+
+
 tasks = Blueprint(
     "tasks",
     __name__,
@@ -79,7 +87,7 @@ tasks = Blueprint(
     description="A user's to-do tasks.",
 )
 
-USER_ID_PARAMETER = {
+_USER_ID_PARAMETER = {
     "in": "path",
     "name": "user_id",
     "required": True,
@@ -108,7 +116,7 @@ class Tasks(MethodView):
     init_every_request = False
 
     @operation("listTasks", 422, 503)
-    @tasks.response(200, TaskSchema(many=True))
+    @tasks.response(200, TaskSchema(many=True), description="The user's tasks.")
     def get(self, user_id: str) -> Sequence[RowMapping]:
         """List a user's tasks, newest first"""
         return repository.list_tasks(db.connection(), user_id=user_id)
@@ -118,7 +126,14 @@ class Tasks(MethodView):
     @tasks.response(
         201,
         TaskSchema,
-        headers={"Location": {"description": "The new task's URL.", "schema": {"type": "string"}}},
+        description="The created task.",
+        headers={
+            "Location": {
+                "description": "The new task's URL.",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        },
     )
     def post(self, fields: dict[str, Any], user_id: str) -> tuple[RowMapping, dict[str, str]]:
         """Create a task"""
@@ -127,19 +142,28 @@ class Tasks(MethodView):
         return task, {"Location": location}
 
 
-@tasks.route("/<uuid:task_id>")
+_TASK_ID_PARAMETER = {
+    "in": "path",
+    "name": "task_id",
+    "required": True,
+    "description": "The task's id. A malformed one is a 404, like a missing one.",
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+@tasks.route("/<uuid:task_id>", parameters=[_TASK_ID_PARAMETER])
 class TaskById(MethodView):
     init_every_request = False
 
     @operation("getTask", 404, 422, 503)
-    @tasks.response(200, TaskSchema)
+    @tasks.response(200, TaskSchema, description="The task.")
     def get(self, user_id: str, task_id: UUID) -> RowMapping:
         """Get a task"""
         return _found(repository.get_task(db.connection(), user_id=user_id, task_id=task_id))
 
     @operation("updateTask", 400, 404, 413, 415, 422, 503)
     @tasks.arguments(TaskUpdateSchema)
-    @tasks.response(200, TaskSchema)
+    @tasks.response(200, TaskSchema, description="The task as updated.")
     def put(self, changes: dict[str, Any], user_id: str, task_id: UUID) -> RowMapping:
         """Update a task's fields
 
@@ -160,13 +184,13 @@ class TaskById(MethodView):
         return "", 204
 
 
-@tasks.route("/<uuid:task_id>/complete")
+@tasks.route("/<uuid:task_id>/complete", parameters=[_TASK_ID_PARAMETER])
 class TaskCompletion(MethodView):
     init_every_request = False
 
     @operation("toggleTaskCompletion", 400, 404, 413, 415, 422, 503)
     @tasks.arguments(TaskCompletionSchema, required=False)
-    @tasks.response(200, TaskSchema)
+    @tasks.response(200, TaskSchema, description="The task as updated.")
     def patch(self, body: dict[str, Any], user_id: str, task_id: UUID) -> RowMapping:
         """Toggle a task's completion, or set it
 
@@ -191,7 +215,7 @@ class Liveness(MethodView):
     init_every_request = False
 
     @operation("getHealth")
-    @health.response(200, HealthSchema)
+    @health.response(200, HealthSchema, description="The process is up.")
     def get(self) -> dict[str, str]:
         """Report that the process is up
 
@@ -205,7 +229,7 @@ class Readiness(MethodView):
     init_every_request = False
 
     @operation("getReadiness", 503)
-    @health.response(200, HealthSchema)
+    @health.response(200, HealthSchema, description="The database answers.")
     def get(self) -> dict[str, str]:
         """Report whether the database answers"""
         db.ping()

@@ -44,7 +44,9 @@ class StrictBoolean(fields.Boolean):
 class Timestamp(fields.DateTime):
     """RFC 3339 in UTC with microseconds and a `Z`: 2026-11-25T14:03:07.123456Z."""
 
-    def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+    def _serialize(
+        self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any
+    ) -> str | None:
         if value is None:
             return None
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -108,7 +110,14 @@ class TaskCompletionSchema(RequestSchema):
     )
 
 
-class TaskSchema(ma.Schema):
+class ResponseSchema(ma.Schema):
+    """A response body. Its OpenAPI schema stays open to members added later."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+
+class TaskSchema(ResponseSchema):
     id = fields.UUID(required=True)
     user_id = fields.String(required=True)
     title = fields.String(required=True)
@@ -127,11 +136,11 @@ class TaskSchema(ma.Schema):
     )
 
 
-class HealthSchema(ma.Schema):
+class HealthSchema(ResponseSchema):
     status = fields.String(required=True, metadata={"example": "ok"})
 
 
-class ProblemSchema(ma.Schema):
+class ProblemSchema(ResponseSchema):
     """An error, as RFC 9457 problem details."""
 
     type = fields.String(required=True, metadata={"example": "about:blank"})

@@ -29,16 +29,13 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.CheckConstraint(
-            "(completed AND completed_at IS NOT NULL)"
-            " OR (NOT completed AND completed_at IS NULL)",
+            "(completed AND completed_at IS NOT NULL) OR (NOT completed AND completed_at IS NULL)",
             name=op.f("ck_tasks_completed_at_set_iff_completed"),
         ),
         sa.CheckConstraint("version >= 1", name=op.f("ck_tasks_version_positive")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tasks")),
     )
-    op.create_index(
-        "ix_tasks_user_id_created_at_id", "tasks", ["user_id", "created_at", "id"]
-    )
+    op.create_index("ix_tasks_user_id_created_at_id", "tasks", ["user_id", "created_at", "id"])
 
 
 def downgrade() -> None:

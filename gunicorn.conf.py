@@ -1,0 +1,16 @@
+"""gunicorn settings for a PaaS: `gunicorn --config gunicorn.conf.py wsgi:app`.
+
+PaaS platforms set PORT and WEB_CONCURRENCY; gunicorn also reads this file by
+default when started from the project folder.
+"""
+
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Under the 30 s that Heroku's router and SIGTERM-to-SIGKILL window allow.
+timeout = 25
+graceful_timeout = 25
+# The heartbeat file on tmpfs: a slow or full disk cannot stall workers.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+accesslog = "-"
