@@ -11,6 +11,7 @@ import click
 from alembic import command
 from alembic.config import Config
 from flask import Flask, current_app, g
+from flask.cli import AppGroup
 from sqlalchemy import Connection, Engine, NullPool, create_engine, event, text
 from sqlalchemy.engine import URL
 
@@ -139,7 +140,7 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-db_cli = click.Group("db", help="Database migrations (Alembic).")
+db_cli = AppGroup("db", help="Database migrations (Alembic).")
 
 
 def _migration_url() -> URL:

@@ -13,7 +13,12 @@ from flask import Flask, Response, current_app, g, request
 from flask_smorest import Api
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from werkzeug.exceptions import HTTPException, NotFound, UnprocessableEntity
+from werkzeug.exceptions import (
+    HTTPException,
+    NotFound,
+    RequestEntityTooLarge,
+    UnprocessableEntity,
+)
 
 from .schemas import ProblemSchema
 
@@ -94,6 +99,8 @@ def _http_error(exc: HTTPException) -> Response | HTTPException:
     if errors is None and "messages" in data:  # raised by webargs while parsing
         errors = _flatten(data["messages"])
         detail = "The request is not valid; see `errors`."
+    elif isinstance(exc, RequestEntityTooLarge):
+        detail = f"The body is larger than {current_app.config['MAX_CONTENT_LENGTH'] // 1024} KiB."
     else:
         detail = exc.description or HTTPStatus(exc.code).description
     members = {"request_id": request_id()} if exc.code >= 500 else {}

@@ -71,7 +71,9 @@ def make_app(backend: str, instance_path: Path, request: pytest.FixtureRequest) 
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+def app(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Flask]:
     app = make_app(request.param, tmp_path_factory.mktemp("instance"), request)
     yield app
     app.extensions["tasks_api.engine"].dispose()

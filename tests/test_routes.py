@@ -122,9 +122,7 @@ def test_create_rejects_invalid_fields_and_stores_nothing(
 # --- list and read ------------------------------------------------------------------
 
 
-def test_list_is_newest_first_and_only_the_users_own(
-    client: FlaskClient, tasks_url: str
-) -> None:
+def test_list_is_newest_first_and_only_the_users_own(client: FlaskClient, tasks_url: str) -> None:
     titles = [f"task {n}" for n in range(5)]
     for title in titles:
         assert client.post(tasks_url, json={"title": title}).status_code == 201

@@ -1,0 +1,128 @@
+"""Settings from the environment, as PaaS platforms and Neon hand them out."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tasks_api import create_app
+from tasks_api.config import ConfigError, Settings
+
+NEON_POOLED = (
+    "postgresql://neondb_owner:npg_secret@ep-cool-darkness-123456-pooler.eu-central-1"
+    ".aws.neon.tech/neondb?sslmode=require&channel_binding=require"
+)
+
+
+def test_defaults_select_the_embedded_database() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.embedded
+    assert settings.database_url is None
+    assert settings.migration_url is None
+    assert (settings.db_pool_size, settings.db_pool_timeout) == (5, 10.0)
+    assert settings.db_prepare_threshold == 5
+    assert settings.log_level == "INFO"
+
+
+def test_neons_pooled_url_pasted_as_is_keeps_its_parameters() -> None:
+    url = Settings.from_env({"DATABASE_URL": NEON_POOLED}).database_url
+
+    assert url is not None
+    assert url.drivername == "postgresql+psycopg"
+    assert url.host == "ep-cool-darkness-123456-pooler.eu-central-1.aws.neon.tech"
+    assert url.password == "npg_secret"
+    assert dict(url.query) == {"sslmode": "require", "channel_binding": "require"}
+
+
+def test_heroku_style_postgres_scheme_selects_psycopg() -> None:
+    url = Settings.from_env({"DATABASE_URL": "postgres://u:p@db.example.com:6543/d"}).database_url
+
+    assert url is not None
+    assert url.drivername == "postgresql+psycopg"
+    assert (url.host, url.port, url.database) == ("db.example.com", 6543, "d")
+
+
+def test_migrations_prefer_the_unpooled_url() -> None:
+    direct = NEON_POOLED.replace("-pooler", "")
+    settings = Settings.from_env({"DATABASE_URL": NEON_POOLED, "DATABASE_URL_UNPOOLED": direct})
+
+    assert settings.migration_url is not None
+    assert settings.migration_url.host == "ep-cool-darkness-123456.eu-central-1.aws.neon.tech"
+
+
+def test_blank_values_count_as_unset() -> None:
+    settings = Settings.from_env({"DATABASE_URL": "  ", "DB_POOL_SIZE": ""})
+
+    assert settings.embedded
+    assert settings.db_pool_size == 5
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DATABASE_URL": "mysql://u:p@h/d"}, "DATABASE_URL: expected a postgresql://"),
+        ({"DATABASE_URL": "sqlite:///tasks.db"}, "DATABASE_URL: expected a postgresql://"),
+        ({"DATABASE_URL": "not a url"}, "DATABASE_URL: expected postgresql://"),
+        ({"DATABASE_URL": "postgresql:///dbonly"}, "DATABASE_URL: the URL names no host"),
+        ({"DATABASE_URL_UNPOOLED": "http://x"}, "DATABASE_URL_UNPOOLED: expected"),
+        ({"DB_POOL_SIZE": "five"}, "DB_POOL_SIZE: expected an integer"),
+        ({"DB_POOL_SIZE": "0"}, "DB_POOL_SIZE: expected an integer >= 1"),
+        ({"DB_POOL_TIMEOUT": "soon"}, "DB_POOL_TIMEOUT: expected a number of seconds"),
+        ({"DB_POOL_TIMEOUT": "-1"}, "DB_POOL_TIMEOUT: expected seconds between"),
+        ({"DB_PREPARE_THRESHOLD": "sometimes"}, "DB_PREPARE_THRESHOLD: expected an integer"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL: expected one of"),
+    ],
+)
+def test_bad_settings_say_what_to_fix(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env(env)
+
+    assert str(error.value).startswith(message)
+
+
+def test_bad_url_message_does_not_echo_the_password() -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({"DATABASE_URL": "mysql://user:s3cr3t@host/db"})
+
+    assert "s3cr3t" not in str(error.value)
+
+
+@pytest.mark.parametrize(("raw", "value"), [("none", None), ("NONE", None), ("0", 0), ("3", 3)])
+def test_prepare_threshold(raw: str, value: int | None) -> None:
+    assert Settings.from_env({"DB_PREPARE_THRESHOLD": raw}).db_prepare_threshold == value
+
+
+def test_embedded_mode_creates_and_migrates_its_file_on_first_start(tmp_path: Path) -> None:
+    instance = tmp_path / "instance"
+
+    create_app(Settings(), instance_path=str(instance))
+    create_app(Settings(), instance_path=str(instance))  # a second start finds it ready
+
+    with sqlite3.connect(instance / "tasks.sqlite3") as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        (revision,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert {"tasks", "alembic_version"} <= tables
+    assert revision == "0001"
+
+
+def test_start_up_warns_that_the_api_is_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    create_app(Settings(), instance_path=str(tmp_path))
+
+    assert any(r.levelname == "WARNING" and "/api" in r.getMessage() for r in caplog.records), (
+        caplog.text
+    )
+
+
+def test_the_database_url_is_logged_without_its_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="tasks_api"):
+        create_app(Settings.from_env({"DATABASE_URL": NEON_POOLED}), instance_path=str(tmp_path))
+
+    assert "ep-cool-darkness-123456-pooler" in caplog.text
+    assert "npg_secret" not in caplog.text

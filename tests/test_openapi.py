@@ -1,0 +1,117 @@
+"""The OpenAPI document and the docs page: complete, readable, and served offline."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+OPERATIONS = {
+    ("post", "/api/{user_id}/tasks"): ("createTask", {201, 400, 413, 415, 422, 500, 503}),
+    ("get", "/api/{user_id}/tasks"): ("listTasks", {200, 422, 500, 503}),
+    ("get", "/api/{user_id}/tasks/{task_id}"): ("getTask", {200, 404, 422, 500, 503}),
+    ("put", "/api/{user_id}/tasks/{task_id}"): (
+        "updateTask",
+        {200, 400, 404, 413, 415, 422, 500, 503},
+    ),
+    ("delete", "/api/{user_id}/tasks/{task_id}"): ("deleteTask", {204, 404, 422, 500, 503}),
+    ("patch", "/api/{user_id}/tasks/{task_id}/complete"): (
+        "toggleTaskCompletion",
+        {200, 400, 404, 413, 415, 422, 500, 503},
+    ),
+    ("get", "/health"): ("getHealth", {200, 500}),
+    ("get", "/health/ready"): ("getReadiness", {200, 500, 503}),
+}
+
+
+@pytest.fixture
+def spec(client: FlaskClient) -> dict[str, Any]:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    body: dict[str, Any] = response.get_json()
+    return body
+
+
+def resolve(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        *_, kind, name = node["$ref"].split("/")
+        node = spec["components"][kind][name]
+    return node
+
+
+def test_is_openapi_3_1(spec: dict[str, Any]) -> None:
+    assert spec["openapi"] == "3.1.0"
+    assert spec["info"]["title"] == "Tasks API"
+
+
+def test_every_operation_is_named_and_documents_every_response(spec: dict[str, Any]) -> None:
+    found = {
+        (method, path): (op["operationId"], {int(code) for code in op["responses"]})
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+        if method != "parameters"
+    }
+    assert found == OPERATIONS
+    for item in spec["paths"].values():
+        for method, op in item.items():
+            if method != "parameters":
+                assert op["summary"], op["operationId"]
+
+
+def test_errors_are_problem_json_and_headers_are_documented(spec: dict[str, Any]) -> None:
+    for item in spec["paths"].values():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            for code, ref in op["responses"].items():
+                response = resolve(spec, ref)
+                assert "X-Request-ID" in response["headers"], (op["operationId"], code)
+                if int(code) >= 400:
+                    assert list(response["content"]) == ["application/problem+json"]
+                    schema = response["content"]["application/problem+json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Problem"}
+                if int(code) == 503:
+                    assert "Retry-After" in response["headers"]
+    created = spec["paths"]["/api/{user_id}/tasks"]["post"]["responses"]["201"]
+    assert created["headers"]["Location"]["required"] is True
+
+
+def test_component_schema_names_are_readable(spec: dict[str, Any]) -> None:
+    assert set(spec["components"]["schemas"]) == {
+        "Task",
+        "TaskCreate",
+        "TaskUpdate",
+        "TaskCompletion",
+        "Problem",
+        "Health",
+    }
+    task = spec["components"]["schemas"]["Task"]
+    assert set(task["required"]) == set(task["properties"])
+    assert task["properties"]["completed_at"]["type"] == ["string", "null"]
+    assert spec["components"]["schemas"]["TaskUpdate"]["minProperties"] == 1
+    assert spec["components"]["schemas"]["TaskCreate"]["additionalProperties"] is False
+
+
+def test_path_parameters_are_constrained(spec: dict[str, Any]) -> None:
+    params = {p["name"]: p for p in spec["paths"]["/api/{user_id}/tasks/{task_id}"]["parameters"]}
+    assert params["user_id"]["schema"]["maxLength"] == 128
+    assert re.fullmatch(params["user_id"]["schema"]["pattern"], "google-oauth2|123")
+    assert params["task_id"]["schema"] == {"type": "string", "format": "uuid"}
+
+
+def test_swagger_ui_is_served_by_the_app_without_a_cdn(client: FlaskClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets, html
+    for asset in assets:
+        assert asset.startswith("/docs/assets/"), asset
+        with client.get(asset) as response:
+            assert response.status_code == 200, asset
+            assert len(response.data) > 1000
+    assert "/openapi.json" in html
