@@ -14,10 +14,24 @@ DESCRIPTION_MAX = 1000
 SERVER_SET = ("id", "user_id", "completed_at", "created_at", "updated_at", "version")
 
 
+# What "surrounding whitespace" means for a title: Unicode White_Space plus the BOM.
+# Spelled out, not `\s` or str.strip(), so the server and the OpenAPI pattern agree on
+# every regex engine a client or a fuzzer may use.
+WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
+WHITESPACE += "\u2028\u2029\u202f\u205f\u3000\ufeff"
+_WS_CLASS = "".join(f"\\u{ord(c):04x}" for c in WHITESPACE)
+
+
 class Text(fields.String):
-    """A string PostgreSQL can store: no NUL character, no lone UTF-16 surrogate."""
+    """A string PostgreSQL can store: no NUL character, no lone UTF-16 surrogate.
+
+    With `strip`, surrounding whitespace is removed and something must remain.
+    """
 
     def __init__(self, *, strip: bool = False, **kwargs: Any) -> None:
+        # The same rules as a JSON Schema pattern, for the OpenAPI document.
+        pattern = f"^[^\\u0000]*[^\\u0000{_WS_CLASS}][^\\u0000]*$" if strip else "^[^\\u0000]*$"
+        kwargs["metadata"] = {"pattern": pattern, **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
         self.strip = strip
 
@@ -29,7 +43,7 @@ class Text(fields.String):
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise ma.ValidationError("Must be valid Unicode text.") from None
-        return text.strip() if self.strip else text
+        return text.strip(WHITESPACE) if self.strip else text
 
 
 class StrictBoolean(fields.Boolean):
@@ -72,7 +86,6 @@ def _title(**kwargs: Any) -> Text:
         validate=validate.Length(min=1, max=TITLE_MAX),
         metadata={
             "description": f"1 to {TITLE_MAX} characters once surrounding whitespace is trimmed.",
-            "pattern": r"\S",
             "example": "Buy milk",
         },
         **kwargs,

@@ -115,3 +115,17 @@ def test_swagger_ui_is_served_by_the_app_without_a_cdn(client: FlaskClient) -> N
             assert response.status_code == 200, asset
             assert len(response.data) > 1000
     assert "/openapi.json" in html
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["ok", "  padded  ", "", "   ", "\u3000\u00a0\ufeff", "\u3000x", "\x1c", "a\x00b", "\n\t"],
+)
+def test_title_pattern_in_the_document_agrees_with_the_server(
+    client: FlaskClient, spec: dict[str, Any], tasks_url: str, title: str
+) -> None:
+    pattern = spec["components"]["schemas"]["TaskCreate"]["properties"]["title"]["pattern"]
+
+    accepted = client.post(tasks_url, json={"title": title}).status_code == 201
+
+    assert accepted is bool(re.fullmatch(pattern, title))
