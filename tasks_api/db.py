@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,6 +59,8 @@ def _postgresql_engine(url: URL, settings: Settings) -> Engine:
         max_overflow=0,
         pool_timeout=settings.db_pool_timeout,
         connect_args=connect_args,
+        # Error messages (and so logs) show statements but never users' data.
+        hide_parameters=True,
     )
 
 
@@ -70,10 +73,11 @@ def _sqlite_engine(url: URL, settings: Settings) -> Engine:
         pool_timeout=settings.db_pool_timeout,
         # Wait this long for another gunicorn worker's write lock instead of failing.
         connect_args={"timeout": settings.db_pool_timeout},
+        hide_parameters=True,
     )
 
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+    def _pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
         # WAL lets readers run while another worker writes.
         dbapi_connection.execute("PRAGMA journal_mode=WAL")
         dbapi_connection.execute("PRAGMA synchronous=NORMAL")
@@ -81,7 +85,7 @@ def _sqlite_engine(url: URL, settings: Settings) -> Engine:
     return engine
 
 
-def engine() -> Engine:
+def current_engine() -> Engine:
     engine: Engine = current_app.extensions["tasks_api.engine"]
     return engine
 
@@ -89,7 +93,7 @@ def engine() -> Engine:
 def connection() -> Connection:
     """The request's connection, checked out of the pool on first use."""
     if "db_connection" not in g:
-        g.db_connection = engine().connect()
+        g.db_connection = current_engine().connect()
     conn: Connection = g.db_connection
     return conn
 

@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL
 from tasks_api import create_app, db
 from tasks_api.config import Settings
 from tasks_api.models import Base
-from tests.conftest import BACKENDS, drop_postgres_database, scratch_postgres_database
+from tests.support import BACKENDS, drop_postgres_database, scratch_postgres_database
 
 UNREACHABLE = "postgresql://app:pw@127.0.0.1:1/tasks"
 
