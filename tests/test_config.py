@@ -6,9 +6,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import URL
 
-from tasks_api import create_app
+from tasks_api import create_app, db
 from tasks_api.config import ConfigError, Settings
+from tests.support import BACKENDS
 
 NEON_POOLED = (
     "postgresql://neondb_owner:npg_secret@ep-cool-darkness-123456-pooler.eu-central-1"
@@ -126,3 +129,18 @@ def test_the_database_url_is_logged_without_its_password(
 
     assert "ep-cool-darkness-123456-pooler" in caplog.text
     assert "npg_secret" not in caplog.text
+
+
+@pytest.mark.skipif("postgresql" not in BACKENDS, reason="TEST_DATABASES excludes postgresql")
+def test_url_query_parameters_reach_libpq(postgres_url: URL, tmp_path: Path) -> None:
+    raw = postgres_url.render_as_string(hide_password=False).replace("postgresql://", "postgres://")
+    settings = Settings.from_env(
+        {"DATABASE_URL": f"{raw}?application_name=tasks-api-check&sslmode=prefer"}
+    )
+    app = create_app(settings, instance_path=str(tmp_path))
+
+    with app.app_context():
+        name = db.connection().execute(text("SHOW application_name")).scalar_one()
+    app.extensions["tasks_api.engine"].dispose()
+
+    assert name == "tasks-api-check"
