@@ -7,9 +7,10 @@ from importlib.resources import files
 from pathlib import Path
 
 import flask_smorest
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, Response, request
+from flask_cors import CORS
 
-from . import db, errors, routes
+from . import auth, db, errors, routes
 from .config import Settings
 from .schemas import ProblemSchema
 
@@ -18,6 +19,22 @@ __version__ = "1.0.0"
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+
+# JSON responses load nothing; the docs page loads only this server's scripts and styles.
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+DOCS_ENDPOINT = "api-docs.openapi_swagger_ui"
+CORS_ALLOW_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "If-Match",
+    "If-None-Match",
+    "Idempotency-Key",
+]
+CORS_EXPOSE_HEADERS = ["ETag", "Link", "Location", "Retry-After", "X-Request-ID"]
 
 DESCRIPTION = """\
 Each user's to-do tasks, under `/api/{user_id}/tasks`.
@@ -52,13 +69,26 @@ def create_app(settings: Settings | None = None, *, instance_path: str | None = 
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL="/docs/assets/",
-        API_SPEC_OPTIONS={"info": {"description": DESCRIPTION}},
+        # Every operation needs the bearer token unless it says otherwise.
+        API_SPEC_OPTIONS={"info": {"description": DESCRIPTION}, "security": [{"bearerAuth": []}]},
     )
     # Keep each schema's field order (id first) rather than sorting keys.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["tasks_api.settings"] = settings
 
     db.init_app(app, settings)
+    auth.init_app(app, settings)
+
+    if settings.cors_origins:
+        # Bearer tokens, not cookies: no credentials mode needed.
+        CORS(
+            app,
+            resources={r"/api/*": {"origins": list(settings.cors_origins)}},
+            allow_headers=CORS_ALLOW_HEADERS,
+            expose_headers=CORS_EXPOSE_HEADERS,
+            max_age=600,
+        )
+    app.after_request(_security_headers)
 
     api = Api(app)
     errors.init_app(app)
@@ -66,11 +96,15 @@ def create_app(settings: Settings | None = None, *, instance_path: str | None = 
     routes.register(api)
     app.register_blueprint(_swagger_ui_assets())
 
-    log.warning(
-        "authentication is not implemented yet: anyone can read and change any "
-        "user's tasks under /api"
-    )
     return app
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = (
+        DOCS_CSP if request.endpoint == DOCS_ENDPOINT else API_CSP
+    )
+    return response
 
 
 def _swagger_ui_assets() -> Blueprint:

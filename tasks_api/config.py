@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+ASYMMETRIC_ALGORITHMS = ("EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384")
+JWKS_ALGORITHMS_DEFAULT = ("EdDSA", "ES256", "RS256")
+# RFC 7518 3.2: an HMAC key at least as long as the hash output.
+MIN_SECRET_BYTES = 32
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 class ConfigError(ValueError):
@@ -29,6 +36,17 @@ class Settings:
     # psycopg's prepare_threshold; None turns protocol-level prepared statements off.
     db_prepare_threshold: int | None = 5
     log_level: str = "INFO"
+    # Bearer tokens: HS256 with a shared secret, or keys from a JWKS URL. Neither, in
+    # embedded mode: a secret generated in the instance folder.
+    auth_jwt_secret: str | None = field(default=None, repr=False)
+    auth_jwks_url: str | None = None
+    auth_jwt_algorithms: tuple[str, ...] = ("HS256",)
+    auth_jwt_issuer: str | None = None
+    auth_jwt_audience: str | None = None
+    # Seconds between two fetches of the JWKS (a token with an unknown `kid` asks for one).
+    auth_jwks_cooldown: float = 30.0
+    auth_disabled: bool = False
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -41,8 +59,26 @@ class Settings:
             value = env.get(name, "").strip()
             return value or None
 
+        database_url = _database_url("DATABASE_URL", get("DATABASE_URL"))
+        secret, jwks_url = get("AUTH_JWT_SECRET"), _jwks_url(get("AUTH_JWKS_URL"))
+        disabled = _boolean("AUTH_DISABLED", get("AUTH_DISABLED"))
+        if secret is not None and jwks_url is not None:
+            raise ConfigError("AUTH_JWT_SECRET and AUTH_JWKS_URL: set one of the two, not both")
+        if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"AUTH_JWT_SECRET: expected at least {MIN_SECRET_BYTES} bytes "
+                "(generate one with: openssl rand -base64 32)"
+            )
+        if database_url is not None and secret is None and jwks_url is None and not disabled:
+            raise ConfigError(
+                "DATABASE_URL is set but no authentication is configured. Set AUTH_JWKS_URL "
+                "(Better Auth: https://<your-site>/api/auth/jwks; Neon Auth: "
+                "<NEON_AUTH_URL>/.well-known/jwks.json) or AUTH_JWT_SECRET (the secret your "
+                "front end signs HS256 tokens with, such as BETTER_AUTH_SECRET); or set "
+                "AUTH_DISABLED=true to serve /api to anyone."
+            )
         return cls(
-            database_url=_database_url("DATABASE_URL", get("DATABASE_URL")),
+            database_url=database_url,
             database_url_unpooled=_database_url(
                 "DATABASE_URL_UNPOOLED", get("DATABASE_URL_UNPOOLED")
             ),
@@ -50,6 +86,14 @@ class Settings:
             db_pool_timeout=_seconds("DB_POOL_TIMEOUT", get("DB_POOL_TIMEOUT"), 10.0),
             db_prepare_threshold=_prepare_threshold(get("DB_PREPARE_THRESHOLD")),
             log_level=_log_level(get("LOG_LEVEL")),
+            auth_jwt_secret=secret,
+            auth_jwks_url=jwks_url,
+            auth_jwt_algorithms=_algorithms(get("AUTH_JWT_ALGORITHMS"), jwks=jwks_url is not None),
+            auth_jwt_issuer=get("AUTH_JWT_ISSUER"),
+            auth_jwt_audience=get("AUTH_JWT_AUDIENCE"),
+            auth_jwks_cooldown=_seconds("AUTH_JWKS_COOLDOWN", get("AUTH_JWKS_COOLDOWN"), 30.0),
+            auth_disabled=disabled,
+            cors_origins=_origins(get("CORS_ORIGINS")),
         )
 
     @property
@@ -125,6 +169,65 @@ def _log_level(raw: str | None) -> str:
     if level not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)}, got {raw!r}")
     return level
+
+
+def _jwks_url(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        raise ConfigError(
+            "AUTH_JWKS_URL: expected an https:// URL (http:// only for localhost), such as "
+            "https://example.com/api/auth/jwks"
+        )
+    return raw
+
+
+def _algorithms(raw: str | None, *, jwks: bool) -> tuple[str, ...]:
+    """Pinned by configuration, never taken from a token; only those the key source fits.
+
+    A shared secret takes HMAC algorithms only and a key set asymmetric ones only, so a
+    token cannot pass a public key off as an HMAC secret.
+    """
+    allowed = ASYMMETRIC_ALGORITHMS if jwks else HMAC_ALGORITHMS
+    if raw is None:
+        return JWKS_ALGORITHMS_DEFAULT if jwks else ("HS256",)
+    names = tuple(dict.fromkeys(name.strip() for name in raw.split(",") if name.strip()))
+    wrong = [name for name in names if name not in allowed]
+    if not names or wrong:
+        source = "AUTH_JWKS_URL" if jwks else "a shared secret"
+        raise ConfigError(
+            f"AUTH_JWT_ALGORITHMS: with {source}, expected some of {', '.join(allowed)}"
+            + (f"; not {', '.join(wrong)}" if wrong else "")
+        )
+    return names
+
+
+def _boolean(name: str, raw: str | None) -> bool:
+    if raw is None or raw.lower() in _FALSE:
+        return False
+    if raw.lower() in _TRUE:
+        return True
+    raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+
+def _origins(raw: str | None) -> tuple[str, ...]:
+    """Exact origins (scheme://host[:port]) that browsers may call /api from, or `*`."""
+    origins = []
+    for item in (raw or "").split(","):
+        origin = item.strip().rstrip("/")
+        if not origin:
+            continue
+        parts = urlsplit(origin)
+        if origin != "*" and not (
+            parts.scheme in ("http", "https") and parts.netloc and not parts.path
+        ):
+            raise ConfigError(
+                f"CORS_ORIGINS: expected origins such as https://app.example.com, got {item!r}"
+            )
+        origins.append(origin)
+    return tuple(origins)
 
 
 def masked(url: URL) -> str:

@@ -14,9 +14,12 @@ from flask_smorest import Api
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import (
+    Forbidden,
     HTTPException,
     NotFound,
     RequestEntityTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
     UnprocessableEntity,
 )
 
@@ -53,6 +56,22 @@ def request_id() -> str:
 def _send_request_id(response: Response) -> Response:
     response.headers["X-Request-ID"] = request_id()
     return response
+
+
+def unauthorized(detail: str, *, token_sent: bool) -> NoReturn:
+    # RFC 6750 3.1: say which scheme to use, and that a token sent was refused.
+    challenge = 'Bearer error="invalid_token"' if token_sent else "Bearer"
+    exc = Unauthorized(detail)
+    exc.data = {"headers": {"WWW-Authenticate": challenge}}  # type: ignore[attr-defined]
+    raise exc
+
+
+def forbidden(detail: str) -> NoReturn:
+    raise Forbidden(detail)
+
+
+def service_unavailable(detail: str, *, retry_after: int) -> NoReturn:
+    raise ServiceUnavailable(detail, retry_after=retry_after)
 
 
 def task_not_found() -> NoReturn:
@@ -111,12 +130,17 @@ def _http_error(exc: HTTPException) -> Response | HTTPException:
 # what it means for the operations that list it.
 RESPONSES = {
     400: ("BadRequest", "The body is not valid JSON, or not a JSON object."),
+    401: ("Unauthorized", "No bearer token, or one that is expired, badly signed or malformed."),
+    403: ("Forbidden", "The bearer token is valid but for another user."),
     404: ("NotFound", "No such task for this user (or a malformed task id)."),
     413: ("PayloadTooLarge", "The body is larger than 64 KiB."),
     415: ("UnsupportedMediaType", "A body was sent that is not `application/json`."),
     422: ("ValidationFailed", "A field or parameter is not valid; see `errors`."),
     500: ("InternalServerError", "An unexpected failure; quote `request_id` when reporting it."),
-    503: ("ServiceUnavailable", "The database cannot be reached; retry after `Retry-After`."),
+    503: (
+        "ServiceUnavailable",
+        "The database, or the token's key server, cannot be reached; retry after `Retry-After`.",
+    ),
 }
 
 
@@ -138,6 +162,13 @@ def document(api: Api) -> None:
         headers: dict[str, Any] = {"X-Request-ID": "RequestId"}
         if status == 503:
             headers["Retry-After"] = retry_after
+        if status == 401:
+            headers["WWW-Authenticate"] = {
+                "description": 'The scheme to use: `Bearer`, with `error="invalid_token"` '
+                "when the token sent was refused.",
+                "required": True,
+                "schema": {"type": "string", "example": 'Bearer error="invalid_token"'},
+            }
         api.spec.components.response(
             name,
             {

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
 
 import flask_smorest
 import marshmallow as ma
-from flask import url_for
+from flask import request, url_for
 from flask.views import MethodView
 from sqlalchemy.engine import RowMapping
 from webargs.core import is_json, missing
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
-from . import db, errors, repository
+from . import auth, db, errors, repository
 from .schemas import (
+    USER_ID,
     USER_ID_PATTERN,
+    USER_ID_RULE,
     HealthSchema,
     TaskCompletionSchema,
     TaskCreateSchema,
@@ -63,17 +64,33 @@ class Blueprint(flask_smorest.Blueprint):
 
 
 def operation(operation_id: str, *error_statuses: int) -> Callable[[F], F]:
-    """Name the operation and list the problem responses it can give besides a 500."""
+    """Name the operation and list the problem responses it can give besides a 500.
+
+    Operations that can answer 401 require the bearer token (the document's default);
+    the others say they need none.
+    """
     responses = {
         status: {"$ref": f"#/components/responses/{errors.RESPONSES[status][0]}"}
         for status in (*error_statuses, 500)
     }
-    decorator: Callable[[F], F] = Blueprint.doc(operationId=operation_id, responses=responses)
+    extra: dict[str, Any] = {} if 401 in error_statuses else {"security": []}
+    decorator: Callable[[F], F] = Blueprint.doc(
+        operationId=operation_id, responses=responses, **extra
+    )
     return decorator
 
 
 def register(api: flask_smorest.Api) -> None:
     """Register the blueprints and what their docs need beyond the decorators."""
+    api.spec.components.security_scheme(
+        "bearerAuth",
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "A JWT whose `sub` is the `user_id` in the path.",
+        },
+    )
     # marshmallow cannot say "at least one field"; JSON Schema can.
     api.spec.components.schema("TaskUpdate", {"minProperties": 1}, schema=TaskUpdateSchema)
     api.register_blueprint(tasks, parameters=[_USER_ID_PARAMETER])
@@ -94,15 +111,18 @@ _USER_ID_PARAMETER = {
     "description": "The owner's id, as the auth provider issues it.",
     "schema": {"type": "string", "pattern": USER_ID_PATTERN, "minLength": 1, "maxLength": 128},
 }
-_USER_ID = re.compile(USER_ID_PATTERN)
 
 
-@tasks.url_value_preprocessor
-def _check_user_id(_endpoint: str | None, values: dict[str, Any] | None) -> None:
-    if values is not None and not _USER_ID.fullmatch(values["user_id"]):
-        errors.validation_failed(
-            {"user_id": ["Must be 1 to 128 characters of A-Z a-z 0-9 . _ @ : | -"]}
-        )
+@tasks.before_request
+def _authorize() -> None:
+    """The one gate for every /api route: the token's subject must be the path's user."""
+    if request.method == "OPTIONS":  # CORS preflights carry no token
+        return
+    assert request.view_args is not None
+    user_id = request.view_args["user_id"]
+    auth.authorize(user_id)
+    if not USER_ID.fullmatch(user_id):
+        errors.validation_failed({"user_id": [USER_ID_RULE]})
 
 
 def _found(task: RowMapping | None) -> RowMapping:
@@ -115,13 +135,13 @@ def _found(task: RowMapping | None) -> RowMapping:
 class Tasks(MethodView):
     init_every_request = False
 
-    @operation("listTasks", 422, 503)
+    @operation("listTasks", 401, 403, 422, 503)
     @tasks.response(200, TaskSchema(many=True), description="The user's tasks.")
     def get(self, user_id: str) -> Sequence[RowMapping]:
         """List a user's tasks, newest first"""
         return repository.list_tasks(db.connection(), user_id=user_id)
 
-    @operation("createTask", 400, 413, 415, 422, 503)
+    @operation("createTask", 400, 401, 403, 413, 415, 422, 503)
     @tasks.arguments(TaskCreateSchema)
     @tasks.response(
         201,
@@ -155,13 +175,13 @@ _TASK_ID_PARAMETER = {
 class TaskById(MethodView):
     init_every_request = False
 
-    @operation("getTask", 404, 422, 503)
+    @operation("getTask", 401, 403, 404, 422, 503)
     @tasks.response(200, TaskSchema, description="The task.")
     def get(self, user_id: str, task_id: UUID) -> RowMapping:
         """Get a task"""
         return _found(repository.get_task(db.connection(), user_id=user_id, task_id=task_id))
 
-    @operation("updateTask", 400, 404, 413, 415, 422, 503)
+    @operation("updateTask", 400, 401, 403, 404, 413, 415, 422, 503)
     @tasks.arguments(TaskUpdateSchema)
     @tasks.response(200, TaskSchema, description="The task as updated.")
     def put(self, changes: dict[str, Any], user_id: str, task_id: UUID) -> RowMapping:
@@ -175,7 +195,7 @@ class TaskById(MethodView):
             )
         )
 
-    @operation("deleteTask", 404, 422, 503)
+    @operation("deleteTask", 401, 403, 404, 422, 503)
     @tasks.response(204, description="Deleted.")
     def delete(self, user_id: str, task_id: UUID) -> tuple[str, int]:
         """Delete a task"""
@@ -188,7 +208,7 @@ class TaskById(MethodView):
 class TaskCompletion(MethodView):
     init_every_request = False
 
-    @operation("toggleTaskCompletion", 400, 404, 413, 415, 422, 503)
+    @operation("toggleTaskCompletion", 400, 401, 403, 404, 413, 415, 422, 503)
     @tasks.arguments(TaskCompletionSchema, required=False)
     @tasks.response(200, TaskSchema, description="The task as updated.")
     def patch(self, body: dict[str, Any], user_id: str, task_id: UUID) -> RowMapping:

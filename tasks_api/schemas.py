@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,6 +10,8 @@ import marshmallow as ma
 from marshmallow import fields, validate
 
 USER_ID_PATTERN = r"^[A-Za-z0-9._@:|-]{1,128}$"
+USER_ID = re.compile(USER_ID_PATTERN)
+USER_ID_RULE = "Must be 1 to 128 characters of A-Z a-z 0-9 . _ @ : | -"
 TITLE_MAX = 200
 DESCRIPTION_MAX = 1000
 SERVER_SET = ("id", "user_id", "completed_at", "created_at", "updated_at", "version")

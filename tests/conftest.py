@@ -5,6 +5,9 @@ TEST_POSTGRES_URL (default: the local one) and dropped afterwards. SQLite: the
 embedded mode, in a temporary instance folder. TEST_DATABASES=sqlite (or postgresql)
 runs one of the two.
 
+The apps verify HS256 tokens made with tests.support.SECRET, and the `client` acts
+as the user of each /api path it calls (tests.support.UserClient).
+
 Tests are isolated by data rather than by rollback: every test works as its own
 user (`user_id` fixture), and every route is scoped to one user, so tests never see
 each other's rows while the app commits exactly as it does in production.
@@ -24,7 +27,13 @@ from sqlalchemy.engine import URL
 
 from tasks_api import create_app, db
 from tasks_api.config import Settings
-from tests.support import BACKENDS, drop_postgres_database, scratch_postgres_database
+from tests.support import (
+    BACKENDS,
+    SECRET,
+    UserClient,
+    drop_postgres_database,
+    scratch_postgres_database,
+)
 
 
 @pytest.fixture(scope="session")
@@ -35,15 +44,16 @@ def postgres_url() -> Iterator[URL]:
 
 
 def make_app(backend: str, instance_path: Path, request: pytest.FixtureRequest) -> Flask:
+    env = {"AUTH_JWT_SECRET": SECRET}
     if backend == "postgresql":
         url: URL = request.getfixturevalue("postgres_url")
-        settings = Settings.from_env({"DATABASE_URL": url.render_as_string(hide_password=False)})
-        assert settings.migration_url is not None
+        env["DATABASE_URL"] = url.render_as_string(hide_password=False)
+    settings = Settings.from_env(env)
+    if settings.migration_url is not None:
         db.upgrade(settings.migration_url)
-    else:
-        settings = Settings.from_env({})
     app = create_app(settings, instance_path=str(instance_path))
     app.config["TESTING"] = True
+    app.test_client_class = UserClient
     return app
 
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
+import time
 import uuid
 from typing import Any
+from urllib.parse import unquote
 
+import jwt
 import psycopg
 import pytest
+from flask.testing import FlaskClient
 from sqlalchemy.engine import URL, make_url
 from werkzeug.test import TestResponse
+
+# The shared secret the test apps verify HS256 tokens with (AUTH_JWT_SECRET).
+SECRET = "test-secret-of-at-least-thirty-two-bytes"
 
 BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "postgresql,sqlite").split(",")]
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -45,3 +53,25 @@ def assert_problem(response: TestResponse, status: int) -> dict[str, Any]:
     assert isinstance(body["detail"], str) and body["detail"]
     assert "Traceback" not in response.get_data(as_text=True)
     return body
+
+
+def token_for(user_id: str, *, secret: str = SECRET, lifetime: int = 300, **claims: Any) -> str:
+    """An HS256 token for `user_id`, made the way a front end would, not with app code."""
+    now = int(time.time())
+    payload = {"sub": user_id, "iat": now, "exp": now + lifetime, **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+class UserClient(FlaskClient):
+    """A test client that acts as the user in each /api path, with a valid token.
+
+    A test that passes its own Authorization header (or `auth=False`) sends that instead.
+    """
+
+    def open(self, *args: Any, auth: bool = True, **kwargs: Any) -> TestResponse:
+        path = args[0] if args and isinstance(args[0], str) else ""
+        headers = dict(kwargs.pop("headers", None) or {})
+        match = re.match(r"/api/([^/?]+)/", path)
+        if auth and match and "Authorization" not in headers:
+            headers["Authorization"] = f"Bearer {token_for(unquote(match[1]))}"
+        return super().open(*args, headers=headers, **kwargs)

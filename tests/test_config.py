@@ -11,8 +11,9 @@ from sqlalchemy.engine import URL
 
 from tasks_api import create_app, db
 from tasks_api.config import ConfigError, Settings
-from tests.support import BACKENDS
+from tests.support import BACKENDS, SECRET
 
+AUTH = {"AUTH_JWT_SECRET": SECRET}
 NEON_POOLED = (
     "postgresql://neondb_owner:npg_secret@ep-cool-darkness-123456-pooler.eu-central-1"
     ".aws.neon.tech/neondb?sslmode=require&channel_binding=require"
@@ -31,7 +32,7 @@ def test_defaults_select_the_embedded_database() -> None:
 
 
 def test_neons_pooled_url_pasted_as_is_keeps_its_parameters() -> None:
-    url = Settings.from_env({"DATABASE_URL": NEON_POOLED}).database_url
+    url = Settings.from_env({"DATABASE_URL": NEON_POOLED, **AUTH}).database_url
 
     assert url is not None
     assert url.drivername == "postgresql+psycopg"
@@ -41,7 +42,9 @@ def test_neons_pooled_url_pasted_as_is_keeps_its_parameters() -> None:
 
 
 def test_heroku_style_postgres_scheme_selects_psycopg() -> None:
-    url = Settings.from_env({"DATABASE_URL": "postgres://u:p@db.example.com:6543/d"}).database_url
+    url = Settings.from_env(
+        {"DATABASE_URL": "postgres://u:p@db.example.com:6543/d", **AUTH}
+    ).database_url
 
     assert url is not None
     assert url.drivername == "postgresql+psycopg"
@@ -50,7 +53,9 @@ def test_heroku_style_postgres_scheme_selects_psycopg() -> None:
 
 def test_migrations_prefer_the_unpooled_url() -> None:
     direct = NEON_POOLED.replace("-pooler", "")
-    settings = Settings.from_env({"DATABASE_URL": NEON_POOLED, "DATABASE_URL_UNPOOLED": direct})
+    settings = Settings.from_env(
+        {"DATABASE_URL": NEON_POOLED, "DATABASE_URL_UNPOOLED": direct, **AUTH}
+    )
 
     assert settings.migration_url is not None
     assert settings.migration_url.host == "ep-cool-darkness-123456.eu-central-1.aws.neon.tech"
@@ -111,21 +116,13 @@ def test_embedded_mode_creates_and_migrates_its_file_on_first_start(tmp_path: Pa
     assert revision == "0001"
 
 
-def test_start_up_warns_that_the_api_is_open(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    create_app(Settings(), instance_path=str(tmp_path))
-
-    assert any(r.levelname == "WARNING" and "/api" in r.getMessage() for r in caplog.records), (
-        caplog.text
-    )
-
-
 def test_the_database_url_is_logged_without_its_password(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level("INFO", logger="tasks_api"):
-        create_app(Settings.from_env({"DATABASE_URL": NEON_POOLED}), instance_path=str(tmp_path))
+        create_app(
+            Settings.from_env({"DATABASE_URL": NEON_POOLED, **AUTH}), instance_path=str(tmp_path)
+        )
 
     assert "ep-cool-darkness-123456-pooler" in caplog.text
     assert "npg_secret" not in caplog.text
@@ -135,7 +132,7 @@ def test_the_database_url_is_logged_without_its_password(
 def test_url_query_parameters_reach_libpq(postgres_url: URL, tmp_path: Path) -> None:
     raw = postgres_url.render_as_string(hide_password=False).replace("postgresql://", "postgres://")
     settings = Settings.from_env(
-        {"DATABASE_URL": f"{raw}?application_name=tasks-api-check&sslmode=prefer"}
+        {"DATABASE_URL": f"{raw}?application_name=tasks-api-check&sslmode=prefer", **AUTH}
     )
     app = create_app(settings, instance_path=str(tmp_path))
 

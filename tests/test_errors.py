@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 
 from tasks_api import create_app
 from tasks_api.config import Settings
-from tests.support import assert_problem
+from tests.support import SECRET, UserClient, assert_problem
 
 
 def stored(client: FlaskClient, tasks_url: str) -> list[dict[str, Any]]:
@@ -216,9 +216,15 @@ def test_an_unusable_request_id_is_replaced(client: FlaskClient, sent: str) -> N
 def unreachable(tmp_path: Path) -> FlaskClient:
     """An app whose PostgreSQL refuses connections (nothing listens on port 1)."""
     settings = Settings.from_env(
-        {"DATABASE_URL": "postgresql://app:hunter2@127.0.0.1:1/tasks", "DB_POOL_TIMEOUT": "2"}
+        {
+            "DATABASE_URL": "postgresql://app:hunter2@127.0.0.1:1/tasks",
+            "DB_POOL_TIMEOUT": "2",
+            "AUTH_JWT_SECRET": SECRET,
+        }
     )
-    return create_app(settings, instance_path=str(tmp_path)).test_client()
+    app = create_app(settings, instance_path=str(tmp_path))
+    app.test_client_class = UserClient
+    return app.test_client()
 
 
 @pytest.mark.parametrize(

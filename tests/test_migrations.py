@@ -15,7 +15,12 @@ from sqlalchemy.engine import URL
 from tasks_api import create_app, db
 from tasks_api.config import Settings
 from tasks_api.models import Base
-from tests.support import BACKENDS, drop_postgres_database, scratch_postgres_database
+from tests.support import (
+    BACKENDS,
+    SECRET,
+    drop_postgres_database,
+    scratch_postgres_database,
+)
 
 UNREACHABLE = "postgresql://app:pw@127.0.0.1:1/tasks"
 
@@ -30,7 +35,11 @@ def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Flas
     url, name = scratch_postgres_database("tasks_api_migrations")
     # The app's own (pooled) URL is unreachable: only the direct one can migrate.
     settings = Settings.from_env(
-        {"DATABASE_URL": UNREACHABLE, "DATABASE_URL_UNPOOLED": url.render_as_string(False)}
+        {
+            "DATABASE_URL": UNREACHABLE,
+            "DATABASE_URL_UNPOOLED": url.render_as_string(False),
+            "AUTH_JWT_SECRET": SECRET,
+        }
     )
     yield create_app(settings, instance_path=str(tmp_path)), url
     drop_postgres_database(name)
