@@ -14,3 +14,17 @@ graceful_timeout = 25
 # The heartbeat file on tmpfs: a slow or full disk cannot stall workers.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = "-"
+
+
+def on_starting(server: object) -> None:
+    """Check the settings once, in the master, before any worker starts.
+
+    A missing or malformed setting then stops gunicorn with one line that says what
+    to set, instead of every worker failing to boot with a traceback.
+    """
+    from tasks_api.config import ConfigError, Settings
+
+    try:
+        Settings.from_env()
+    except ConfigError as error:
+        raise SystemExit(f"tasks_api: {error}") from None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from tasks_api import create_app, db
 from tasks_api.config import ConfigError, Settings
 from tests.support import BACKENDS, SECRET
 
+ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"AUTH_JWT_SECRET": SECRET}
 NEON_POOLED = (
     "postgresql://neondb_owner:npg_secret@ep-cool-darkness-123456-pooler.eu-central-1"
@@ -82,6 +86,27 @@ def test_blank_values_count_as_unset() -> None:
         ({"DB_POOL_TIMEOUT": "-1"}, "DB_POOL_TIMEOUT: expected seconds between"),
         ({"DB_PREPARE_THRESHOLD": "sometimes"}, "DB_PREPARE_THRESHOLD: expected an integer"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL: expected one of"),
+        ({"DATABASE_URL": "postgresql://u@h/d"}, "DATABASE_URL is set but no authentication"),
+        (
+            {"AUTH_JWT_SECRET": SECRET, "AUTH_JWKS_URL": "https://a.example.com/jwks"},
+            "AUTH_JWT_SECRET and AUTH_JWKS_URL: set one",
+        ),
+        ({"AUTH_JWT_SECRET": "short"}, "AUTH_JWT_SECRET: expected at least 32 bytes"),
+        ({"AUTH_JWKS_URL": "http://auth.example.com/jwks"}, "AUTH_JWKS_URL: expected an https"),
+        ({"AUTH_JWKS_URL": "not a url"}, "AUTH_JWKS_URL: expected an https"),
+        (
+            {"AUTH_JWKS_URL": "https://a.example.com/jwks", "AUTH_JWT_ALGORITHMS": "HS256"},
+            "AUTH_JWT_ALGORITHMS: with AUTH_JWKS_URL, expected some of EdDSA",
+        ),
+        (
+            {"AUTH_JWT_SECRET": SECRET, "AUTH_JWT_ALGORITHMS": "RS256,HS256"},
+            "AUTH_JWT_ALGORITHMS: with a shared secret, expected some of HS256",
+        ),
+        ({"AUTH_JWT_ALGORITHMS": "none"}, "AUTH_JWT_ALGORITHMS: with a shared secret"),
+        ({"AUTH_DISABLED": "maybe"}, "AUTH_DISABLED: expected true or false"),
+        ({"AUTH_JWKS_COOLDOWN": "0"}, "AUTH_JWKS_COOLDOWN: expected seconds"),
+        ({"CORS_ORIGINS": "app.example.com"}, "CORS_ORIGINS: expected origins"),
+        ({"CORS_ORIGINS": "https://app.example.com/path"}, "CORS_ORIGINS: expected origins"),
     ],
 )
 def test_bad_settings_say_what_to_fix(env: dict[str, str], message: str) -> None:
@@ -89,6 +114,45 @@ def test_bad_settings_say_what_to_fix(env: dict[str, str], message: str) -> None
         Settings.from_env(env)
 
     assert str(error.value).startswith(message)
+
+
+def test_auth_settings() -> None:
+    jwks = Settings.from_env(
+        {
+            "DATABASE_URL": NEON_POOLED,
+            "AUTH_JWKS_URL": "https://app.example.com/api/auth/jwks",
+            "AUTH_JWT_ISSUER": "https://app.example.com",
+            "AUTH_JWT_AUDIENCE": "https://app.example.com",
+            "CORS_ORIGINS": "https://app.example.com/, http://localhost:3000",
+        }
+    )
+    assert jwks.auth_jwt_algorithms == ("EdDSA", "ES256", "RS256")
+    assert jwks.auth_jwt_issuer == jwks.auth_jwt_audience == "https://app.example.com"
+    assert jwks.cors_origins == ("https://app.example.com", "http://localhost:3000")
+    assert Settings.from_env(AUTH).auth_jwt_algorithms == ("HS256",)
+    assert Settings.from_env({"AUTH_JWKS_URL": "http://localhost:3000/api/auth/jwks"})
+    disabled = Settings.from_env({"DATABASE_URL": NEON_POOLED, "AUTH_DISABLED": "true"})
+    assert disabled.auth_disabled
+    assert SECRET not in repr(Settings.from_env(AUTH))
+
+
+def test_gunicorn_refuses_to_start_without_auth_and_says_what_to_set() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH_", "DATABASE_URL"))}
+    env |= {"DATABASE_URL": "postgresql://app:pw@127.0.0.1:1/tasks", "PORT": "0"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert "DATABASE_URL is set but no authentication is configured" in result.stderr
+    assert "AUTH_JWKS_URL" in result.stderr and "AUTH_DISABLED=true" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_bad_url_message_does_not_echo_the_password() -> None:
