@@ -9,9 +9,10 @@ from pathlib import Path
 import flask_smorest
 from flask import Blueprint, Flask, Response, request
 from flask_cors import CORS
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import auth, db, errors, routes
-from .config import Settings
+from .config import Settings, instance_secret
 from .schemas import ProblemSchema
 
 __version__ = "1.0.0"
@@ -75,6 +76,13 @@ def create_app(settings: Settings | None = None, *, instance_path: str | None = 
     # Keep each schema's field order (id first) rather than sorting keys.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["tasks_api.settings"] = settings
+    app.secret_key = settings.secret_key or instance_secret(Path(app.instance_path), "secret-key")
+    if settings.trusted_proxies:
+        # Scheme, host and port (for the next-page links) from the proxies' X-Forwarded-*.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n
+        )
 
     db.init_app(app, settings)
     auth.init_app(app, settings)

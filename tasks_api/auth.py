@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import secrets
 import threading
 import time
 import urllib.request
@@ -22,7 +20,7 @@ from flask.cli import with_appcontext
 from jwt import PyJWK
 
 from . import errors
-from .config import Settings
+from .config import Settings, instance_secret
 from .schemas import USER_ID, USER_ID_RULE
 
 log = logging.getLogger(__name__)
@@ -176,7 +174,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         authenticator = Authenticator(settings, secret=None, keyset=keyset)
         log.info("auth: bearer tokens signed by the keys at %s", settings.auth_jwks_url)
     else:
-        secret = settings.auth_jwt_secret or _instance_secret(Path(app.instance_path))
+        secret = settings.auth_jwt_secret or instance_secret(Path(app.instance_path), SECRET_FILE)
         authenticator = Authenticator(settings, secret=secret, keyset=None)
         source = "AUTH_JWT_SECRET" if settings.auth_jwt_secret else "the instance's secret"
         log.info("auth: bearer tokens signed with %s", source)
@@ -194,25 +192,6 @@ def authorize(user_id: str) -> None:
         errors.unauthorized("Send a bearer token: Authorization: Bearer <token>.", token_sent=False)
     if authenticator.subject(token.strip()) != user_id:
         errors.forbidden("The token is for another user.")
-
-
-def _instance_secret(instance: Path) -> str:
-    """The embedded mode's signing secret: made once, readable by this user only."""
-    path = instance / SECRET_FILE
-    if not path.exists():
-        instance.mkdir(parents=True, exist_ok=True)
-        draft = instance / f".{SECRET_FILE}.{os.getpid()}"
-        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(secrets.token_urlsafe(48))
-        try:
-            os.link(draft, path)  # atomic, and fails if another worker got there first
-            log.warning("generated a signing secret in %s", path)
-        except FileExistsError:
-            pass
-        finally:
-            draft.unlink()
-    return path.read_text().strip()
 
 
 _LIFETIME = re.compile(r"(\d+)([smhd]?)")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+log = logging.getLogger(__name__)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
@@ -47,6 +52,11 @@ class Settings:
     auth_jwks_cooldown: float = 30.0
     auth_disabled: bool = False
     cors_origins: tuple[str, ...] = ()
+    # Flask's SECRET_KEY: signs list cursors, so every instance must share it. None in
+    # embedded mode: generated in the instance folder.
+    secret_key: str | None = field(default=None, repr=False)
+    # How many proxies in front may set X-Forwarded-* (Heroku, Render, Railway: 1).
+    trusted_proxies: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +87,17 @@ class Settings:
                 "front end signs HS256 tokens with, such as BETTER_AUTH_SECRET); or set "
                 "AUTH_DISABLED=true to serve /api to anyone."
             )
+        secret_key = get("SECRET_KEY")
+        if secret_key is not None and len(secret_key.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"SECRET_KEY: expected at least {MIN_SECRET_BYTES} bytes "
+                "(generate one with: openssl rand -base64 32)"
+            )
+        if database_url is not None and secret_key is None:
+            raise ConfigError(
+                "SECRET_KEY: required when DATABASE_URL is set, the same value on every "
+                "instance (it signs list cursors); generate one with: openssl rand -base64 32"
+            )
         return cls(
             database_url=database_url,
             database_url_unpooled=_database_url(
@@ -94,6 +115,8 @@ class Settings:
             auth_jwks_cooldown=_seconds("AUTH_JWKS_COOLDOWN", get("AUTH_JWKS_COOLDOWN"), 30.0),
             auth_disabled=disabled,
             cors_origins=_origins(get("CORS_ORIGINS")),
+            secret_key=secret_key,
+            trusted_proxies=_integer("TRUSTED_PROXIES", get("TRUSTED_PROXIES"), 0, minimum=0),
         )
 
     @property
@@ -228,6 +251,29 @@ def _origins(raw: str | None) -> tuple[str, ...]:
             )
         origins.append(origin)
     return tuple(origins)
+
+
+def instance_secret(instance: Path, name: str) -> str:
+    """A secret made once in the instance folder, readable by this user only.
+
+    For embedded mode, where no one has set one. Safe against two gunicorn workers
+    starting at once: the first file linked into place wins and both read it.
+    """
+    path = instance / name
+    if not path.exists():
+        instance.mkdir(parents=True, exist_ok=True)
+        draft = instance / f".{name}.{os.getpid()}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(48))
+        try:
+            os.link(draft, path)
+            log.warning("generated %s", path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip()
 
 
 def masked(url: URL) -> str:

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, DateTime, Dialect, Index, MetaData, String
+from sqlalchemy import CheckConstraint, DateTime, Dialect, Index, MetaData, String, func, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -64,8 +64,11 @@ class Task(Base):
     version: Mapped[int]
 
     __table_args__ = (
-        # Serves the default list order (newest first) for one user as an index range scan.
+        # One per list sort, so a page of one user's tasks is an index range scan in
+        # either direction, however many tasks the user has and however deep the page.
         Index("ix_tasks_user_id_created_at_id", "user_id", "created_at", "id"),
+        Index("ix_tasks_user_id_updated_at_id", "user_id", "updated_at", "id"),
+        Index("ix_tasks_user_id_lower_title_id", "user_id", func.lower(text("title")), "id"),
         CheckConstraint(
             "(completed AND completed_at IS NOT NULL) OR (NOT completed AND completed_at IS NULL)",
             name="completed_at_set_iff_completed",

@@ -29,7 +29,7 @@ from tasks_api import create_app, db
 from tasks_api.config import Settings
 from tests.support import (
     BACKENDS,
-    SECRET,
+    REQUIRED,
     UserClient,
     drop_postgres_database,
     scratch_postgres_database,
@@ -44,7 +44,7 @@ def postgres_url() -> Iterator[URL]:
 
 
 def make_app(backend: str, instance_path: Path, request: pytest.FixtureRequest) -> Flask:
-    env = {"AUTH_JWT_SECRET": SECRET}
+    env = dict(REQUIRED)
     if backend == "postgresql":
         url: URL = request.getfixturevalue("postgres_url")
         env["DATABASE_URL"] = url.render_as_string(hide_password=False)

@@ -18,6 +18,8 @@ from werkzeug.test import TestResponse
 
 # The shared secret the test apps verify HS256 tokens with (AUTH_JWT_SECRET).
 SECRET = "test-secret-of-at-least-thirty-two-bytes"
+# What an app with DATABASE_URL needs besides: a token secret and Flask's SECRET_KEY.
+REQUIRED = {"AUTH_JWT_SECRET": SECRET, "SECRET_KEY": "test-secret-key-of-32-bytes-or-more"}
 
 BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "postgresql,sqlite").split(",")]
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

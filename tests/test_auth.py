@@ -25,7 +25,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from tasks_api import create_app
 from tasks_api.config import Settings
-from tests.support import SECRET, assert_problem, token_for
+from tests.support import REQUIRED, SECRET, assert_problem, token_for
 
 # --- a local JWKS server -------------------------------------------------------------
 
@@ -488,7 +488,11 @@ def test_auth_disabled_opens_api_and_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = Settings.from_env(
-        {"DATABASE_URL": "postgresql://app:pw@127.0.0.1:1/tasks", "AUTH_DISABLED": "true"}
+        {
+            "DATABASE_URL": "postgresql://app:pw@127.0.0.1:1/tasks",
+            "AUTH_DISABLED": "true",
+            "SECRET_KEY": REQUIRED["SECRET_KEY"],
+        }
     )
 
     app = create_app(settings, instance_path=str(tmp_path))

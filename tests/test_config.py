@@ -14,10 +14,10 @@ from sqlalchemy.engine import URL
 
 from tasks_api import create_app, db
 from tasks_api.config import ConfigError, Settings
-from tests.support import BACKENDS, SECRET
+from tests.support import BACKENDS, REQUIRED, SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
-AUTH = {"AUTH_JWT_SECRET": SECRET}
+AUTH = REQUIRED
 NEON_POOLED = (
     "postgresql://neondb_owner:npg_secret@ep-cool-darkness-123456-pooler.eu-central-1"
     ".aws.neon.tech/neondb?sslmode=require&channel_binding=require"
@@ -104,6 +104,12 @@ def test_blank_values_count_as_unset() -> None:
         ),
         ({"AUTH_JWT_ALGORITHMS": "none"}, "AUTH_JWT_ALGORITHMS: with a shared secret"),
         ({"AUTH_DISABLED": "maybe"}, "AUTH_DISABLED: expected true or false"),
+        (
+            {"DATABASE_URL": "postgresql://u@h/d", "AUTH_JWT_SECRET": SECRET},
+            "SECRET_KEY: required when DATABASE_URL is set",
+        ),
+        ({"SECRET_KEY": "short"}, "SECRET_KEY: expected at least 32 bytes"),
+        ({"TRUSTED_PROXIES": "-1"}, "TRUSTED_PROXIES: expected an integer >= 0"),
         ({"AUTH_JWKS_COOLDOWN": "0"}, "AUTH_JWKS_COOLDOWN: expected seconds"),
         ({"CORS_ORIGINS": "app.example.com"}, "CORS_ORIGINS: expected origins"),
         ({"CORS_ORIGINS": "https://app.example.com/path"}, "CORS_ORIGINS: expected origins"),
@@ -124,6 +130,7 @@ def test_auth_settings() -> None:
             "AUTH_JWT_ISSUER": "https://app.example.com",
             "AUTH_JWT_AUDIENCE": "https://app.example.com",
             "CORS_ORIGINS": "https://app.example.com/, http://localhost:3000",
+            "SECRET_KEY": REQUIRED["SECRET_KEY"],
         }
     )
     assert jwks.auth_jwt_algorithms == ("EdDSA", "ES256", "RS256")
@@ -131,7 +138,9 @@ def test_auth_settings() -> None:
     assert jwks.cors_origins == ("https://app.example.com", "http://localhost:3000")
     assert Settings.from_env(AUTH).auth_jwt_algorithms == ("HS256",)
     assert Settings.from_env({"AUTH_JWKS_URL": "http://localhost:3000/api/auth/jwks"})
-    disabled = Settings.from_env({"DATABASE_URL": NEON_POOLED, "AUTH_DISABLED": "true"})
+    disabled = Settings.from_env(
+        {"DATABASE_URL": NEON_POOLED, "AUTH_DISABLED": "true", "SECRET_KEY": "k" * 32}
+    )
     assert disabled.auth_disabled
     assert SECRET not in repr(Settings.from_env(AUTH))
 
@@ -177,7 +186,7 @@ def test_embedded_mode_creates_and_migrates_its_file_on_first_start(tmp_path: Pa
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         (revision,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     assert {"tasks", "alembic_version"} <= tables
-    assert revision == "0001"
+    assert revision == "0002"
 
 
 def test_the_database_url_is_logged_without_its_password(

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 
 from tasks_api import create_app
 from tasks_api.config import Settings
-from tests.support import SECRET, UserClient, assert_problem
+from tests.support import REQUIRED, UserClient, assert_problem
 
 
 def stored(client: FlaskClient, tasks_url: str) -> list[dict[str, Any]]:
@@ -219,7 +219,7 @@ def unreachable(tmp_path: Path) -> FlaskClient:
         {
             "DATABASE_URL": "postgresql://app:hunter2@127.0.0.1:1/tasks",
             "DB_POOL_TIMEOUT": "2",
-            "AUTH_JWT_SECRET": SECRET,
+            **REQUIRED,
         }
     )
     app = create_app(settings, instance_path=str(tmp_path))

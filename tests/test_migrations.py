@@ -9,7 +9,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask import Flask
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.engine import URL
 
 from tasks_api import create_app, db
@@ -17,7 +17,7 @@ from tasks_api.config import Settings
 from tasks_api.models import Base
 from tests.support import (
     BACKENDS,
-    SECRET,
+    REQUIRED,
     drop_postgres_database,
     scratch_postgres_database,
 )
@@ -38,11 +38,21 @@ def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Flas
         {
             "DATABASE_URL": UNREACHABLE,
             "DATABASE_URL_UNPOOLED": url.render_as_string(False),
-            "AUTH_JWT_SECRET": SECRET,
+            **REQUIRED,
         }
     )
     yield create_app(settings, instance_path=str(tmp_path)), url
     drop_postgres_database(name)
+
+
+def index_names(conn: Connection) -> set[str]:
+    if conn.dialect.name == "sqlite":
+        query = "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+    else:
+        query = (
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'tasks' AND indexname LIKE 'ix_%'"
+        )
+    return set(conn.execute(text(query)).scalars())
 
 
 def flask_db(app: Flask, *args: str) -> None:
@@ -51,6 +61,10 @@ def flask_db(app: Flask, *args: str) -> None:
     assert "pw@" not in result.output
 
 
+# Neither SQLAlchemy nor Alembic reflects expression indexes (lower(title)) on every
+# backend; the test checks that one by name instead.
+@pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")
+@pytest.mark.filterwarnings("ignore:autogenerate skipping")
 def test_migrations_match_the_models_and_downgrade_cleanly(fresh: tuple[Flask, URL]) -> None:
     app, url = fresh
     engine = create_engine(url)
@@ -59,8 +73,11 @@ def test_migrations_match_the_models_and_downgrade_cleanly(fresh: tuple[Flask, U
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            indexes = {ix["name"] for ix in inspect(conn).get_indexes("tasks")}
-            assert "ix_tasks_user_id_created_at_id" in indexes
+            assert index_names(conn) == {
+                "ix_tasks_user_id_created_at_id",
+                "ix_tasks_user_id_updated_at_id",
+                "ix_tasks_user_id_lower_title_id",
+            }
 
         flask_db(app, "downgrade", "base")
         with engine.connect() as conn:
