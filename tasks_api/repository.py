@@ -15,6 +15,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Table,
+    bindparam,
     case,
     delete,
     func,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import RowMapping
@@ -34,13 +36,54 @@ TASKS = cast(Table, Task.__table__)
 COLUMNS = tuple(TASKS.c)
 
 
-def list_tasks(conn: Connection, *, user_id: str) -> Sequence[RowMapping]:
-    stmt = (
-        select(*COLUMNS)
-        .where(TASKS.c.user_id == user_id)
-        .order_by(TASKS.c.created_at.desc(), TASKS.c.id.desc())
-    )
-    return conn.execute(stmt).mappings().all()
+# Each list sort: the key it orders by (ties broken by id), and whether descending.
+# Each has an index on (user_id, key, id), so a page is a range scan of that index.
+SORT_KEYS: dict[str, tuple[ColumnElement[Any], bool]] = {
+    "-created_at": (TASKS.c.created_at, True),
+    "created_at": (TASKS.c.created_at, False),
+    "-updated_at": (TASKS.c.updated_at, True),
+    "updated_at": (TASKS.c.updated_at, False),
+    "title": (func.lower(TASKS.c.title), False),
+    "-title": (func.lower(TASKS.c.title), True),
+}
+
+
+def list_tasks(
+    conn: Connection,
+    *,
+    user_id: str,
+    sort: str = "-created_at",
+    completed: bool | None = None,
+    q: str | None = None,
+    limit: int,
+    after: tuple[Any, uuid.UUID] | None = None,
+) -> Sequence[RowMapping]:
+    """One page of the user's tasks in `sort` order, starting past the row `after`.
+
+    `after` is the (`sort_key`, `id`) of the previous page's last row; every row comes
+    with its `sort_key`. Keyset paging: a page costs the same at any depth, and rows
+    added or removed meanwhile never shift the others.
+    """
+    key, descending = SORT_KEYS[sort]
+    stmt = select(*COLUMNS, key.label("sort_key")).where(TASKS.c.user_id == user_id)
+    if completed is not None:
+        stmt = stmt.where(TASKS.c.completed == completed)
+    if q is not None:
+        stmt = stmt.where(
+            or_(
+                TASKS.c.title.icontains(q, autoescape=True),
+                TASKS.c.description.icontains(q, autoescape=True),
+            )
+        )
+    if after is not None:
+        position = tuple_(key, TASKS.c.id)
+        bound = tuple_(
+            bindparam(None, after[0], type_=key.type),
+            bindparam(None, after[1], type_=TASKS.c.id.type),
+        )
+        stmt = stmt.where(position < bound if descending else position > bound)
+    order = (key.desc(), TASKS.c.id.desc()) if descending else (key.asc(), TASKS.c.id.asc())
+    return conn.execute(stmt.order_by(*order).limit(limit)).mappings().all()
 
 
 def get_task(conn: Connection, *, user_id: str, task_id: uuid.UUID) -> RowMapping | None:

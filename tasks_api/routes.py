@@ -16,7 +16,7 @@ from webargs.core import is_json, missing
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
-from . import auth, db, errors, repository
+from . import auth, db, errors, pages, repository
 from .schemas import (
     USER_ID,
     USER_ID_PATTERN,
@@ -24,6 +24,7 @@ from .schemas import (
     HealthSchema,
     TaskCompletionSchema,
     TaskCreateSchema,
+    TaskQueryArgsSchema,
     TaskSchema,
     TaskUpdateSchema,
 )
@@ -136,10 +137,40 @@ class Tasks(MethodView):
     init_every_request = False
 
     @operation("listTasks", 401, 403, 422, 503)
-    @tasks.response(200, TaskSchema(many=True), description="The user's tasks.")
-    def get(self, user_id: str) -> Sequence[RowMapping]:
-        """List a user's tasks, newest first"""
-        return repository.list_tasks(db.connection(), user_id=user_id)
+    @tasks.arguments(TaskQueryArgsSchema, location="query")
+    @tasks.response(
+        200,
+        TaskSchema(many=True),
+        description="One page of the user's tasks.",
+        headers={
+            "Link": {
+                "description": 'The next page: `<URL>; rel="next"` (RFC 8288). '
+                "Absent on the last page.",
+                "schema": {"type": "string"},
+            }
+        },
+    )
+    def get(
+        self, args: dict[str, Any], user_id: str
+    ) -> tuple[Sequence[RowMapping], dict[str, str]]:
+        """List a user's tasks
+
+        Newest first unless `sort` says otherwise, one page at a time: follow the
+        `Link` header's `next` URL until there is none.
+        """
+        limit = args["limit"]
+        rows = repository.list_tasks(
+            db.connection(),
+            user_id=user_id,
+            sort=args["sort"],
+            completed=args.get("completed"),
+            q=args.get("q"),
+            limit=limit + 1,  # one more tells whether a next page exists
+            after=pages.start_after(user_id, args),
+        )
+        page = rows[:limit]
+        headers = {"Link": pages.next_link(user_id, args, page)} if len(rows) > limit else {}
+        return page, headers
 
     @operation("createTask", 400, 401, 403, 413, 415, 422, 503)
     @tasks.arguments(TaskCreateSchema)

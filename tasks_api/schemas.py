@@ -12,6 +12,9 @@ from marshmallow import fields, validate
 USER_ID_PATTERN = r"^[A-Za-z0-9._@:|-]{1,128}$"
 USER_ID = re.compile(USER_ID_PATTERN)
 USER_ID_RULE = "Must be 1 to 128 characters of A-Z a-z 0-9 . _ @ : | -"
+SORTS = ("-created_at", "created_at", "-updated_at", "updated_at", "title", "-title")
+LIMIT_MAX = 500
+LIMIT_DEFAULT = 100
 TITLE_MAX = 200
 DESCRIPTION_MAX = 1000
 SERVER_SET = ("id", "user_id", "completed_at", "created_at", "updated_at", "version")
@@ -131,6 +134,40 @@ class ResponseSchema(ma.Schema):
 
     class Meta:
         unknown = ma.EXCLUDE
+
+
+class TaskQueryArgsSchema(ma.Schema):
+    """What a list request may ask for, in its query string."""
+
+    completed = fields.Boolean(
+        truthy={"true"},
+        falsy={"false"},
+        metadata={"description": "`true` or `false`: only the tasks in that state."},
+    )
+    q = Text(
+        validate=validate.Length(min=1, max=TITLE_MAX),
+        metadata={
+            "description": "Only tasks whose title or description contains this text, "
+            "ignoring case; `%`, `_` and `\\` are taken literally."
+        },
+    )
+    sort = fields.String(
+        load_default="-created_at",
+        validate=validate.OneOf(SORTS),
+        metadata={"description": "Order of the list; `-` for descending. Ties go by `id`."},
+    )
+    limit = fields.Integer(
+        load_default=LIMIT_DEFAULT,
+        validate=validate.Range(min=1, max=LIMIT_MAX),
+        metadata={"description": "Page size."},
+    )
+    cursor = fields.String(
+        validate=validate.Length(max=2048),
+        metadata={
+            "description": "Where the page starts: copy it from the `next` link of the "
+            "previous page, with the same `sort`, `completed` and `q`."
+        },
+    )
 
 
 class TaskSchema(ResponseSchema):

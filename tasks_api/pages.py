@@ -1,0 +1,77 @@
+"""List pages: signed cursors that say where the next page starts, and its `Link`.
+
+A cursor carries the last row's sort key and id, signed with SECRET_KEY (so any
+instance can read it and nobody can forge one) and bound to the user, sort and filters
+it was issued for. The page size may change from page to page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from flask import current_app, url_for
+from itsdangerous import BadData, URLSafeSerializer
+from sqlalchemy.engine import RowMapping
+
+from . import errors
+
+_SALT = "tasks_api.list-cursor"
+_VERSION = 1
+_TIME_SORTS = ("-created_at", "created_at", "-updated_at", "updated_at")
+# Everything the cursor is bound to; `limit` may change between pages.
+_SCOPE = ("sort", "completed", "q")
+
+
+def start_after(user_id: str, args: Mapping[str, Any]) -> tuple[Any, uuid.UUID] | None:
+    """The (sort key, id) the requested page starts after; None for the first page."""
+    cursor = args.get("cursor")
+    if cursor is None:
+        return None
+    try:
+        version, scope, key, task_id = _serializer().loads(cursor)
+    except (BadData, ValueError, TypeError):
+        errors.validation_failed({"cursor": ["Not a cursor of this list; start without one."]})
+    if version != _VERSION or scope != _scope(user_id, args):
+        errors.validation_failed(
+            {"cursor": ["This cursor belongs to another sort or filter; start without one."]}
+        )
+    # Signed by this server for this sort, so these parse; the check costs nothing.
+    try:
+        time_sort = args["sort"] in _TIME_SORTS
+        return (datetime.fromisoformat(key) if time_sort else str(key), uuid.UUID(task_id))
+    except (ValueError, TypeError):
+        errors.validation_failed({"cursor": ["Not a cursor of this list; start without one."]})
+
+
+def next_link(user_id: str, args: Mapping[str, Any], page: Sequence[RowMapping]) -> str:
+    """The `Link` header value pointing at the page after `page`."""
+    last = page[-1]
+    key = last["sort_key"]
+    cursor = _serializer().dumps(
+        [
+            _VERSION,
+            _scope(user_id, args),
+            key.isoformat() if isinstance(key, datetime) else key,
+            last["id"].hex,
+        ]
+    )
+    params = {name: args[name] for name in (*_SCOPE, "limit") if args.get(name) is not None}
+    if "completed" in params:
+        params["completed"] = "true" if params["completed"] else "false"
+    url = url_for(".Tasks", user_id=user_id, cursor=cursor, _external=True, **params)
+    return f'<{url}>; rel="next"'
+
+
+def _scope(user_id: str, args: Mapping[str, Any]) -> str:
+    scope = json.dumps([user_id, *(args.get(name) for name in _SCOPE)])
+    return hashlib.sha256(scope.encode()).hexdigest()[:16]
+
+
+def _serializer() -> URLSafeSerializer:
+    secret_key: str = current_app.config["SECRET_KEY"]
+    return URLSafeSerializer(secret_key, salt=_SALT)
