@@ -27,3 +27,13 @@ class PathUserToken:
 
     def set(self, case, data, context):  # type: ignore[no-untyped-def]
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs):  # type: ignore[no-untyped-def]
+    # A cursor is valid only when this server issued it: no generated one is, even when
+    # it fits the schema, so those are left out (tests/test_lists.py covers bad cursors).
+    # Ones that break the schema (over 2048 characters) still go, to be refused.
+    cursor = (case.query or {}).get("cursor")
+    if isinstance(cursor, str) and len(cursor) <= 2048:
+        del case.query["cursor"]
