@@ -14,6 +14,9 @@ graceful_timeout = 25
 # The heartbeat file on tmpfs: a slow or full disk cannot stall workers.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = "-"
+# gunicorn's largest: a list URL with a full cursor (up to 2048) and a 200-character search
+# percent-encoded can pass the 4094 default, and gunicorn would answer 414 itself.
+limit_request_line = 8190
 
 
 def on_starting(server: object) -> None:
