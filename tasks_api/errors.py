@@ -14,9 +14,11 @@ from flask_smorest import Api
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import (
+    Conflict,
     Forbidden,
     HTTPException,
     NotFound,
+    PreconditionFailed,
     RequestEntityTooLarge,
     ServiceUnavailable,
     Unauthorized,
@@ -72,6 +74,22 @@ def forbidden(detail: str) -> NoReturn:
 
 def service_unavailable(detail: str, *, retry_after: int) -> NoReturn:
     raise ServiceUnavailable(detail, retry_after=retry_after)
+
+
+def conflict(detail: str, *, retry_after: int) -> NoReturn:
+    exc = Conflict(detail)
+    exc.data = {"headers": {"Retry-After": str(retry_after)}}  # type: ignore[attr-defined]
+    raise exc
+
+
+def precondition_failed(current_etag: str | None) -> NoReturn:
+    exc = PreconditionFailed(
+        "The task has changed since the If-Match version (or does not exist); "
+        "read it again and retry."
+    )
+    if current_etag is not None:
+        exc.data = {"headers": {"ETag": current_etag}}  # type: ignore[attr-defined]
+    raise exc
 
 
 def task_not_found() -> NoReturn:
@@ -133,6 +151,11 @@ RESPONSES = {
     401: ("Unauthorized", "No bearer token, or one that is expired, badly signed or malformed."),
     403: ("Forbidden", "The bearer token is valid but for another user."),
     404: ("NotFound", "No such task for this user (or a malformed task id)."),
+    409: (
+        "Conflict",
+        "A request with this Idempotency-Key is still in flight; retry after `Retry-After`.",
+    ),
+    412: ("PreconditionFailed", "If-Match names a version the task no longer has."),
     413: ("PayloadTooLarge", "The body is larger than 64 KiB."),
     415: ("UnsupportedMediaType", "A body was sent that is not `application/json`."),
     422: ("ValidationFailed", "A field or parameter is not valid; see `errors`."),
@@ -160,7 +183,7 @@ def document(api: Api) -> None:
     }
     for status, (name, description) in RESPONSES.items():
         headers: dict[str, Any] = {"X-Request-ID": "RequestId"}
-        if status == 503:
+        if status in (409, 503):
             headers["Retry-After"] = retry_after
         if status == 401:
             headers["WWW-Authenticate"] = {

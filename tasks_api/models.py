@@ -6,7 +6,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, DateTime, Dialect, Index, MetaData, String, func, text
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Index,
+    MetaData,
+    String,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -75,3 +85,23 @@ class Task(Base):
         ),
         CheckConstraint("version >= 1", name="version_positive"),
     )
+
+
+class IdempotencyKey(Base):
+    """A create made with an Idempotency-Key: claimed first, then its response kept.
+
+    `status` is NULL while the first request is in flight. Keys live 24 hours.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    status: Mapped[int | None]
+    task_id: Mapped[uuid.UUID | None]
+    # The response body exactly as first sent.
+    response: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import flask_smorest
 import marshmallow as ma
-from flask import request, url_for
+from flask import Response, current_app, request, url_for
 from flask.views import MethodView
 from sqlalchemy.engine import RowMapping
 from webargs.core import is_json, missing
@@ -22,6 +24,7 @@ from .schemas import (
     USER_ID_PATTERN,
     USER_ID_RULE,
     HealthSchema,
+    IdempotencyHeadersSchema,
     TaskCompletionSchema,
     TaskCreateSchema,
     TaskQueryArgsSchema,
@@ -64,17 +67,22 @@ class Blueprint(flask_smorest.Blueprint):
         return decorator
 
 
-def operation(operation_id: str, *error_statuses: int) -> Callable[[F], F]:
-    """Name the operation and list the problem responses it can give besides a 500.
+def operation(operation_id: str, *statuses: int, headers: Sequence[str] = ()) -> Callable[[F], F]:
+    """Name the operation and list the responses it can give besides its success and a 500.
 
     Operations that can answer 401 require the bearer token (the document's default);
-    the others say they need none.
+    the others say they need none. `headers` names request header parameters.
     """
-    responses = {
+    responses: dict[int, Any] = {
         status: {"$ref": f"#/components/responses/{errors.RESPONSES[status][0]}"}
-        for status in (*error_statuses, 500)
+        for status in (*statuses, 500)
+        if status != 304
     }
-    extra: dict[str, Any] = {} if 401 in error_statuses else {"security": []}
+    if 304 in statuses:
+        responses[304] = {"$ref": "#/components/responses/NotModified"}
+    extra: dict[str, Any] = {} if 401 in statuses else {"security": []}
+    if headers:
+        extra["parameters"] = list(headers)  # apispec turns names into $refs
     decorator: Callable[[F], F] = Blueprint.doc(
         operationId=operation_id, responses=responses, **extra
     )
@@ -90,6 +98,22 @@ def register(api: flask_smorest.Api) -> None:
             "scheme": "bearer",
             "bearerFormat": "JWT",
             "description": "A JWT whose `sub` is the `user_id` in the path.",
+        },
+    )
+    for name, header, description in (
+        ("IfMatch", "If-Match", "Write only if the task is at this version (its ETag); else 412."),
+        ("IfNoneMatch", "If-None-Match", "Answer 304 if the task is still at this version."),
+    ):
+        api.spec.components.parameter(
+            name,
+            "header",
+            {"name": header, "description": description, "schema": {"type": "string"}},
+        )
+    api.spec.components.response(
+        "NotModified",
+        {
+            "description": "The task is still at the version named in If-None-Match.",
+            "headers": {"ETag": ETAG_HEADER["ETag"], "X-Request-ID": "RequestId"},
         },
     )
     # marshmallow cannot say "at least one field"; JSON Schema can.
@@ -126,10 +150,93 @@ def _authorize() -> None:
         errors.validation_failed({"user_id": [USER_ID_RULE]})
 
 
+ETAG_HEADER = {
+    "ETag": {
+        "description": "The task's version as a strong ETag; send it back in `If-Match` "
+        "to write only if the task has not changed.",
+        "required": True,
+        "schema": {"type": "string", "example": '"3"'},
+    }
+}
+_TASK_SCHEMA = TaskSchema()
+
+
 def _found(task: RowMapping | None) -> RowMapping:
     if task is None:
         errors.task_not_found()
     return task
+
+
+def _task_headers(task: Mapping[Any, Any], *, created: bool = False) -> dict[str, str]:
+    headers = {"ETag": f'"{task["version"]}"'}
+    if created:
+        headers["Location"] = url_for(".TaskById", user_id=task["user_id"], task_id=task["id"])
+    return headers
+
+
+def _if_match() -> frozenset[int] | None:
+    """The versions `If-Match` accepts; None when it sets no version (absent, or `*`).
+
+    Strong comparison: weak or foreign tags match no version, so the write is a 412.
+    """
+    if "If-Match" not in request.headers or request.if_match.star_tag:
+        return None
+    tags = request.if_match.as_set()
+    return frozenset(int(tag) for tag in tags if tag.isdigit() and len(tag) <= 9)
+
+
+def _written(
+    task: RowMapping | None, user_id: str, task_id: UUID
+) -> tuple[RowMapping, dict[str, str]]:
+    """The response to a write; when it matched nothing, tell 404 from 412."""
+    if task is not None:
+        return task, _task_headers(task)
+    if "If-Match" in request.headers:
+        # Only on this failure path: a second query, to say why.
+        version = repository.task_version(db.connection(), user_id=user_id, task_id=task_id)
+        if version is not None:
+            errors.precondition_failed(f'"{version}"')
+    errors.task_not_found()
+
+
+def _fingerprint(fields: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _create_once(task: dict[str, Any], key: str, fingerprint: str) -> Response:
+    """Create `task` under an Idempotency-Key: at most two database round trips."""
+    conn, user_id = db.connection(), task["user_id"]
+    if repository.claim_key(conn, user_id=user_id, key=key, request_hash=fingerprint):
+        # The bytes a create without a key would send, kept for the replays.
+        response = cast(Response, current_app.json.response(_TASK_SCHEMA.dump(task)))
+        try:
+            repository.create_task_for_key(
+                conn, task, key=key, status=201, response=response.get_data(as_text=True)
+            )
+        except Exception:
+            with contextlib.suppress(Exception):
+                repository.release_key(conn, user_id=user_id, key=key)
+            raise
+        response.status_code = 201
+        response.headers.update(_task_headers(task, created=True))
+        return response
+    record = repository.key_record(conn, user_id=user_id, key=key)
+    if record is None or record["status"] is None:
+        errors.conflict(
+            "A request with this Idempotency-Key is still being processed; retry shortly.",
+            retry_after=1,
+        )
+    if record["request_hash"] != fingerprint:
+        errors.validation_failed(
+            {"Idempotency-Key": ["Already used with another body; use a new key for a new task."]}
+        )
+    replay = {"id": record["task_id"], "user_id": user_id, "version": 1}
+    return current_app.response_class(
+        record["response"],
+        status=record["status"],
+        mimetype="application/json",
+        headers={**_task_headers(replay, created=True), "Idempotent-Replayed": "true"},
+    )
 
 
 @tasks.route("")
@@ -172,25 +279,42 @@ class Tasks(MethodView):
         headers = {"Link": pages.next_link(user_id, args, page)} if len(rows) > limit else {}
         return page, headers
 
-    @operation("createTask", 400, 401, 403, 413, 415, 422, 503)
+    @operation("createTask", 400, 401, 403, 409, 413, 415, 422, 503)
+    @tasks.arguments(IdempotencyHeadersSchema, location="headers")
     @tasks.arguments(TaskCreateSchema)
     @tasks.response(
         201,
         TaskSchema,
-        description="The created task.",
+        description="The created task (or, for a repeated Idempotency-Key, the first response).",
         headers={
             "Location": {
                 "description": "The new task's URL.",
                 "required": True,
                 "schema": {"type": "string"},
-            }
+            },
+            **ETAG_HEADER,
+            "Idempotent-Replayed": {
+                "description": "`true` when this repeats the response to an earlier request "
+                "with the same Idempotency-Key.",
+                "schema": {"type": "string", "enum": ["true"]},
+            },
         },
     )
-    def post(self, fields: dict[str, Any], user_id: str) -> tuple[RowMapping, dict[str, str]]:
-        """Create a task"""
-        task = repository.create_task(db.connection(), user_id=user_id, **fields)
-        location = url_for(".TaskById", user_id=user_id, task_id=task["id"])
-        return task, {"Location": location}
+    def post(
+        self, headers: dict[str, Any], fields: dict[str, Any], user_id: str
+    ) -> tuple[RowMapping, dict[str, str]] | Response:
+        """Create a task
+
+        With an `Idempotency-Key`, a repeat of the request within 24 hours returns the
+        first response and creates nothing; the same key with another body is a 422, and
+        a repeat while the first is still running is a 409.
+        """
+        task = repository.new_task(user_id=user_id, **fields)
+        key = headers.get("idempotency_key")
+        if key is None:
+            created = repository.create_task(db.connection(), task)
+            return created, _task_headers(created, created=True)
+        return _create_once(task, key, _fingerprint(fields))
 
 
 _TASK_ID_PARAMETER = {
@@ -206,32 +330,46 @@ _TASK_ID_PARAMETER = {
 class TaskById(MethodView):
     init_every_request = False
 
-    @operation("getTask", 401, 403, 404, 422, 503)
-    @tasks.response(200, TaskSchema, description="The task.")
-    def get(self, user_id: str, task_id: UUID) -> RowMapping:
-        """Get a task"""
-        return _found(repository.get_task(db.connection(), user_id=user_id, task_id=task_id))
+    @operation("getTask", 304, 401, 403, 404, 422, 503, headers=("IfNoneMatch",))
+    @tasks.response(200, TaskSchema, description="The task.", headers=ETAG_HEADER)
+    def get(self, user_id: str, task_id: UUID) -> tuple[RowMapping, dict[str, str]] | Response:
+        """Get a task
 
-    @operation("updateTask", 400, 401, 403, 404, 413, 415, 422, 503)
+        With `If-None-Match` naming the current version, answers 304 with no body.
+        """
+        task = _found(repository.get_task(db.connection(), user_id=user_id, task_id=task_id))
+        headers = _task_headers(task)
+        if request.if_none_match.contains_weak(headers["ETag"].strip('"')):
+            return Response(status=304, headers=headers)
+        return task, headers
+
+    @operation("updateTask", 400, 401, 403, 404, 412, 413, 415, 422, 503, headers=("IfMatch",))
     @tasks.arguments(TaskUpdateSchema)
-    @tasks.response(200, TaskSchema, description="The task as updated.")
-    def put(self, changes: dict[str, Any], user_id: str, task_id: UUID) -> RowMapping:
+    @tasks.response(200, TaskSchema, description="The task as updated.", headers=ETAG_HEADER)
+    def put(
+        self, changes: dict[str, Any], user_id: str, task_id: UUID
+    ) -> tuple[RowMapping, dict[str, str]]:
         """Update a task's fields
 
-        Only the fields present in the body change; send at least one.
+        Only the fields present in the body change; send at least one. With `If-Match`,
+        only if the task is still at that version (else 412, nothing changed).
         """
-        return _found(
-            repository.update_task(
-                db.connection(), user_id=user_id, task_id=task_id, changes=changes
-            )
+        versions = _if_match()
+        task = repository.update_task(
+            db.connection(), user_id=user_id, task_id=task_id, changes=changes, versions=versions
         )
+        return _written(task, user_id, task_id)
 
-    @operation("deleteTask", 401, 403, 404, 422, 503)
+    @operation("deleteTask", 401, 403, 404, 412, 422, 503, headers=("IfMatch",))
     @tasks.response(204, description="Deleted.")
     def delete(self, user_id: str, task_id: UUID) -> tuple[str, int]:
-        """Delete a task"""
-        if not repository.delete_task(db.connection(), user_id=user_id, task_id=task_id):
-            errors.task_not_found()
+        """Delete a task
+
+        With `If-Match`, only if the task is still at that version (else 412).
+        """
+        conn = db.connection()
+        if not repository.delete_task(conn, user_id=user_id, task_id=task_id, versions=_if_match()):
+            _written(None, user_id, task_id)
         return "", 204
 
 
@@ -239,23 +377,28 @@ class TaskById(MethodView):
 class TaskCompletion(MethodView):
     init_every_request = False
 
-    @operation("toggleTaskCompletion", 400, 401, 403, 404, 413, 415, 422, 503)
+    @operation(
+        "toggleTaskCompletion", 400, 401, 403, 404, 412, 413, 415, 422, 503, headers=("IfMatch",)
+    )
     @tasks.arguments(TaskCompletionSchema, required=False)
-    @tasks.response(200, TaskSchema, description="The task as updated.")
-    def patch(self, body: dict[str, Any], user_id: str, task_id: UUID) -> RowMapping:
+    @tasks.response(200, TaskSchema, description="The task as updated.", headers=ETAG_HEADER)
+    def patch(
+        self, body: dict[str, Any], user_id: str, task_id: UUID
+    ) -> tuple[RowMapping, dict[str, str]]:
         """Toggle a task's completion, or set it
 
         With no body (or `{}`), flips `completed`. With `{"completed": true|false}`,
-        sets it; setting the value it already has changes nothing.
+        sets it; setting the value it already has changes nothing. With `If-Match`, only
+        if the task is still at that version (else 412).
         """
-        return _found(
-            repository.set_completed(
-                db.connection(),
-                user_id=user_id,
-                task_id=task_id,
-                completed=body.get("completed"),
-            )
+        task = repository.set_completed(
+            db.connection(),
+            user_id=user_id,
+            task_id=task_id,
+            completed=body.get("completed"),
+            versions=_if_match(),
         )
+        return _written(task, user_id, task_id)
 
 
 health = Blueprint("health", __name__, url_prefix="/health", description="Probes for the platform.")

@@ -136,6 +136,22 @@ class ResponseSchema(ma.Schema):
         unknown = ma.EXCLUDE
 
 
+class IdempotencyHeadersSchema(ma.Schema):
+    """The headers a create may carry."""
+
+    idempotency_key = fields.String(
+        data_key="Idempotency-Key",
+        validate=validate.Regexp(
+            r"^[\x20-\x7e]{1,255}$", error="Must be 1 to 255 printable ASCII characters."
+        ),
+        metadata={
+            "description": "Makes retries safe: a repeat with the same key and body within "
+            "24 hours returns the first response and creates nothing. A UUID per form "
+            "submission is a good key."
+        },
+    )
+
+
 class TaskQueryArgsSchema(ma.Schema):
     """What a list request may ask for, in its query string."""
 

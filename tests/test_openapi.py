@@ -10,17 +10,23 @@ from flask.testing import FlaskClient
 
 SECURED = {401, 403, 500}
 OPERATIONS = {
-    ("post", "/api/{user_id}/tasks"): ("createTask", {201, 400, 413, 415, 422, 503} | SECURED),
+    ("post", "/api/{user_id}/tasks"): (
+        "createTask",
+        {201, 400, 409, 413, 415, 422, 503} | SECURED,
+    ),
     ("get", "/api/{user_id}/tasks"): ("listTasks", {200, 422, 503} | SECURED),
-    ("get", "/api/{user_id}/tasks/{task_id}"): ("getTask", {200, 404, 422, 503} | SECURED),
+    ("get", "/api/{user_id}/tasks/{task_id}"): ("getTask", {200, 304, 404, 422, 503} | SECURED),
     ("put", "/api/{user_id}/tasks/{task_id}"): (
         "updateTask",
-        {200, 400, 404, 413, 415, 422, 503} | SECURED,
+        {200, 400, 404, 412, 413, 415, 422, 503} | SECURED,
     ),
-    ("delete", "/api/{user_id}/tasks/{task_id}"): ("deleteTask", {204, 404, 422, 503} | SECURED),
+    ("delete", "/api/{user_id}/tasks/{task_id}"): (
+        "deleteTask",
+        {204, 404, 412, 422, 503} | SECURED,
+    ),
     ("patch", "/api/{user_id}/tasks/{task_id}/complete"): (
         "toggleTaskCompletion",
-        {200, 400, 404, 413, 415, 422, 503} | SECURED,
+        {200, 400, 404, 412, 413, 415, 422, 503} | SECURED,
     ),
     ("get", "/health"): ("getHealth", {200, 500}),
     ("get", "/health/ready"): ("getReadiness", {200, 500, 503}),
@@ -81,13 +87,15 @@ def test_task_operations_require_the_bearer_token_and_health_does_not(
 
 
 def test_errors_are_problem_json_and_headers_are_documented(spec: dict[str, Any]) -> None:
-    for item in spec["paths"].values():
+    for path, item in spec["paths"].items():
         for method, op in item.items():
             if method == "parameters":
                 continue
             for code, ref in op["responses"].items():
                 response = resolve(spec, ref)
                 assert "X-Request-ID" in response["headers"], (op["operationId"], code)
+                if int(code) in (200, 201) and path.startswith("/api/") and "{task_id}" in path:
+                    assert "ETag" in response["headers"], (op["operationId"], code)
                 if int(code) >= 400:
                     assert list(response["content"]) == ["application/problem+json"]
                     schema = response["content"]["application/problem+json"]["schema"]
@@ -96,6 +104,26 @@ def test_errors_are_problem_json_and_headers_are_documented(spec: dict[str, Any]
                     assert "Retry-After" in response["headers"]
     created = spec["paths"]["/api/{user_id}/tasks"]["post"]["responses"]["201"]
     assert created["headers"]["Location"]["required"] is True
+    assert "ETag" in created["headers"]
+
+
+def test_conditional_and_idempotency_headers_are_documented(spec: dict[str, Any]) -> None:
+    def header_names(op: dict[str, Any]) -> set[str]:
+        names = set()
+        for parameter in op.get("parameters", []):
+            resolved = resolve(spec, parameter)
+            if resolved["in"] == "header":
+                names.add(resolved["name"])
+        return names
+
+    one = spec["paths"]["/api/{user_id}/tasks/{task_id}"]
+    assert header_names(one["get"]) == {"If-None-Match"}
+    assert header_names(one["put"]) == {"If-Match"}
+    assert header_names(one["delete"]) == {"If-Match"}
+    complete = spec["paths"]["/api/{user_id}/tasks/{task_id}/complete"]["patch"]
+    assert header_names(complete) == {"If-Match"}
+    create = spec["paths"]["/api/{user_id}/tasks"]["post"]
+    assert header_names(create) == {"Idempotency-Key"}
 
 
 def test_component_schema_names_are_readable(spec: dict[str, Any]) -> None:
