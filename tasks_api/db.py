@@ -12,7 +12,7 @@ import click
 from alembic import command
 from alembic.config import Config
 from flask import Flask, current_app, g
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import Connection, Engine, NullPool, create_engine, event, text
 from sqlalchemy.engine import URL
 
@@ -40,6 +40,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.extensions["tasks_api.engine"] = engine
     app.teardown_appcontext(_release_connection)
     app.cli.add_command(db_cli)
+    app.cli.add_command(purge_idempotency_keys)
 
 
 def sqlite_url(instance_path: str) -> URL:
@@ -180,3 +181,17 @@ def revision_command(message: str) -> None:
         _migration_url(),
         lambda config: command.revision(config, message=message, autogenerate=True),
     )
+
+
+@click.command("purge-idempotency-keys")
+@with_appcontext
+def purge_idempotency_keys() -> None:
+    """Delete Idempotency-Key records older than 24 hours.
+
+    Expired keys are also reused in place when a client sends them again; this keeps
+    the table small. Run it daily from the platform's scheduler.
+    """
+    from . import repository  # the repository sits above this module
+
+    with current_engine().connect() as conn:
+        click.echo(f"purged {repository.purge_keys(conn)} expired idempotency keys")
