@@ -5,7 +5,9 @@ with the secret it generated in instance/auth-secret.
 """
 
 import os
+import re
 import time
+import uuid
 from pathlib import Path
 
 import jwt
@@ -31,7 +33,17 @@ class PathUserToken:
 
 @schemathesis.hook
 def before_call(context, case, kwargs):  # type: ignore[no-untyped-def]
-    # A cursor is valid only when this server issued it: no generated one is, even when
+    # Some values only the server can make valid; tests/ covers what they do.
+    # If-Match: any string fits its schema, but only the current ETag lets a write in;
+    # the rest are a (correct) 412.
+    if case.headers:
+        case.headers.pop("If-Match", None)
+    # Idempotency-Key: a key reused with another body is a (correct) 422, and generated
+    # keys repeat ("0", "A"...), so each valid one is made unique.
+    key = (case.headers or {}).get("Idempotency-Key")
+    if isinstance(key, str) and re.fullmatch(r"[\x20-\x7e]{1,255}", key):
+        case.headers["Idempotency-Key"] = str(uuid.uuid4())
+    # cursor: valid only when this server issued it: no generated one is, even when
     # it fits the schema, so those are left out (tests/test_lists.py covers bad cursors).
     # Ones that break the schema (over 2048 characters) still go, to be refused, in ASCII:
     # percent-encoded, 2049 emoji would pass gunicorn's 8190-byte request line limit and

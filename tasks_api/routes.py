@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 from uuid import UUID
@@ -159,6 +160,7 @@ ETAG_HEADER = {
     }
 }
 _TASK_SCHEMA = TaskSchema()
+_VERSION_TAG = re.compile(r"[0-9]{1,9}")
 
 
 def _found(task: RowMapping | None) -> RowMapping:
@@ -179,10 +181,14 @@ def _if_match() -> frozenset[int] | None:
 
     Strong comparison: weak or foreign tags match no version, so the write is a 412.
     """
-    if "If-Match" not in request.headers or request.if_match.star_tag:
+    if not _sent_if_match() or request.if_match.star_tag:
         return None
     tags = request.if_match.as_set()
-    return frozenset(int(tag) for tag in tags if tag.isdigit() and len(tag) <= 9)
+    return frozenset(int(tag) for tag in tags if tag and _VERSION_TAG.fullmatch(tag))
+
+
+def _sent_if_match() -> bool:
+    return bool(request.headers.get("If-Match", "").strip())
 
 
 def _written(
@@ -191,7 +197,7 @@ def _written(
     """The response to a write; when it matched nothing, tell 404 from 412."""
     if task is not None:
         return task, _task_headers(task)
-    if "If-Match" in request.headers:
+    if _sent_if_match():
         # Only on this failure path: a second query, to say why.
         version = repository.task_version(db.connection(), user_id=user_id, task_id=task_id)
         if version is not None:

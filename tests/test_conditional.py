@@ -70,7 +70,9 @@ def test_if_match_with_the_current_version_applies(
 
 
 @pytest.mark.parametrize(("method", "suffix", "body"), WRITES)
-@pytest.mark.parametrize("sent", ['"2"', 'W/"1"', '"abc"', '"99999999999999999999"'])
+@pytest.mark.parametrize(
+    "sent", ['"2"', 'W/"1"', '"abc"', '""', '"\u00b2"', '"99999999999999999999"', '"1', "W/"]
+)
 def test_if_match_with_another_version_is_412_and_changes_nothing(
     client: FlaskClient,
     task_url: str,
@@ -94,6 +96,13 @@ def test_if_match_on_a_missing_task_is_404(
     url = f"{tasks_url}/6f1c2a9e-8a0b-4a53-9f57-3c1e4f2b9d10{suffix}"
 
     assert_problem(client.open(url, method=method, json=body, headers={"If-Match": '"1"'}), 404)
+
+
+@pytest.mark.parametrize("sent", ["", "   "])
+def test_an_empty_if_match_counts_as_none(client: FlaskClient, task_url: str, sent: str) -> None:
+    response = client.put(task_url, json={"title": "applied"}, headers={"If-Match": sent})
+
+    assert response.status_code == 200
 
 
 def test_a_stale_delete_keeps_the_task(client: FlaskClient, task_url: str) -> None:
