@@ -286,6 +286,10 @@ def second_page(client: FlaskClient, tasks_url: str) -> str:
     return url
 
 
+def _flip(char: str) -> str:
+    return "B" if char == "A" else "A"
+
+
 def cursor_of(url: str) -> str:
     return parse_qs(urlsplit(url).query)["cursor"][0]
 
@@ -293,8 +297,9 @@ def cursor_of(url: str) -> str:
 @pytest.mark.parametrize(
     "tamper",
     [
-        lambda c: c[:-1] + ("A" if c[-1] != "A" else "B"),
-        lambda c: "A" + c[1:],
+        # The signature's first character: its last may carry only unused bits.
+        lambda c: c[: c.rindex(".") + 1] + _flip(c[c.rindex(".") + 1]) + c[c.rindex(".") + 2 :],
+        lambda c: _flip(c[0]) + c[1:],
         lambda c: c.split(".")[0],
         lambda c: c + "x",
         lambda c: "not-a-cursor",
