@@ -13,7 +13,9 @@ timeout = 25
 graceful_timeout = 25
 # The heartbeat file on tmpfs: a slow or full disk cannot stall workers.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
-accesslog = "-"
+# One line per request comes from the app (tasks_api.logs: route template, status,
+# duration, request id), so gunicorn's own access log, with raw URLs, stays off.
+accesslog = None
 # gunicorn's largest: a list URL with a full cursor (up to 2048) and a 200-character search
 # percent-encoded can pass the 4094 default, and gunicorn would answer 414 itself.
 limit_request_line = 8190

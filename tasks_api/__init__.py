@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from importlib.resources import files
 from pathlib import Path
 
@@ -11,13 +10,11 @@ from flask import Blueprint, Flask, Response, request
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, db, errors, routes
+from . import auth, db, errors, logs, routes
 from .config import Settings, instance_secret
 from .schemas import ProblemSchema
 
 __version__ = "1.0.0"
-
-log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -59,8 +56,8 @@ class Api(flask_smorest.Api):
 def create_app(settings: Settings | None = None, *, instance_path: str | None = None) -> Flask:
     """Build the app. Settings come from the environment unless given (tests give them)."""
     settings = settings or Settings.from_env()
+    logs.configure(settings)
     app = Flask(__name__, instance_path=instance_path)
-    _configure_logging(settings)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         API_TITLE="Tasks API",
@@ -99,6 +96,7 @@ def create_app(settings: Settings | None = None, *, instance_path: str | None = 
     app.after_request(_security_headers)
 
     api = Api(app)
+    logs.init_app(app)
     errors.init_app(app)
     errors.document(api)
     routes.register(api)
@@ -119,10 +117,3 @@ def _swagger_ui_assets() -> Blueprint:
     """Serve Swagger UI from its packaged distribution: /docs works offline, no CDN."""
     dist = Path(str(files("flask_swagger_ui") / "dist"))
     return Blueprint("swagger_ui", __name__, static_folder=dist, static_url_path="/docs/assets")
-
-
-def _configure_logging(settings: Settings) -> None:
-    logger = logging.getLogger(__name__)
-    logger.setLevel(settings.log_level)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")

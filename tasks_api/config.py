@@ -41,6 +41,7 @@ class Settings:
     # psycopg's prepare_threshold; None turns protocol-level prepared statements off.
     db_prepare_threshold: int | None = 5
     log_level: str = "INFO"
+    log_format: str = "text"
     # Bearer tokens: HS256 with a shared secret, or keys from a JWKS URL. Neither, in
     # embedded mode: a secret generated in the instance folder.
     auth_jwt_secret: str | None = field(default=None, repr=False)
@@ -107,6 +108,7 @@ class Settings:
             db_pool_timeout=_seconds("DB_POOL_TIMEOUT", get("DB_POOL_TIMEOUT"), 10.0),
             db_prepare_threshold=_prepare_threshold(get("DB_PREPARE_THRESHOLD")),
             log_level=_log_level(get("LOG_LEVEL")),
+            log_format=_log_format(get("LOG_FORMAT")),
             auth_jwt_secret=secret,
             auth_jwks_url=jwks_url,
             auth_jwt_algorithms=_algorithms(get("AUTH_JWT_ALGORITHMS"), jwks=jwks_url is not None),
@@ -192,6 +194,13 @@ def _log_level(raw: str | None) -> str:
     if level not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)}, got {raw!r}")
     return level
+
+
+def _log_format(raw: str | None) -> str:
+    value = (raw or "text").lower()
+    if value not in ("text", "json"):
+        raise ConfigError(f"LOG_FORMAT: expected text or json, got {raw!r}")
+    return value
 
 
 def _jwks_url(raw: str | None) -> str | None:

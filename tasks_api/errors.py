@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, NoReturn
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app
 from flask_smorest import Api
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -25,6 +23,7 @@ from werkzeug.exceptions import (
     UnprocessableEntity,
 )
 
+from .logs import request_id
 from .schemas import ProblemSchema
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,6 @@ PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
 # RFC 9110's names where Python's HTTPStatus still has the older ones.
 _TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def init_app(app: Flask) -> None:
@@ -43,21 +41,6 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(InterfaceError, _database_unavailable)
     app.register_error_handler(PoolTimeoutError, _database_unavailable)
     app.register_error_handler(Exception, _unexpected)
-    app.after_request(_send_request_id)
-
-
-def request_id() -> str:
-    """The id of this request: the router's `X-Request-ID` when sane, else a new one."""
-    if "request_id" not in g:
-        sent = request.headers.get("X-Request-ID", "")
-        g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
-    rid: str = g.request_id
-    return rid
-
-
-def _send_request_id(response: Response) -> Response:
-    response.headers["X-Request-ID"] = request_id()
-    return response
 
 
 def unauthorized(detail: str, *, token_sent: bool) -> NoReturn:

@@ -1,0 +1,103 @@
+"""Logs: one line per request with its id, as text or JSON; never a token or secret.
+
+Request lines name the route's template (`/api/<user_id>/tasks/<uuid:task_id>`), not
+the path a client sent, so ids, titles in cursors and other user data stay out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from .config import Settings
+
+log = logging.getLogger("tasks_api.request")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Fields a request line carries, shown as JSON members by the JSON format.
+REQUEST_FIELDS = ("method", "route", "status", "duration_ms", "request_id")
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line, for log drains."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in REQUEST_FIELDS:
+            if hasattr(record, name):
+                entry[name] = getattr(record, name)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure(settings: Settings) -> None:
+    """Send logs to stdout in the configured format; the app's own at LOG_LEVEL."""
+    logging.getLogger("tasks_api").setLevel(settings.log_level)
+    # On the root logger, so libraries' warnings come out in the same format; replaced,
+    # not added to, when an app is created again in the same process.
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "tasks_api", False)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.tasks_api = True  # type: ignore[attr-defined]
+    if settings.log_format == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(_start)
+    app.after_request(_finish)
+
+
+def request_id() -> str:
+    """This request's id: the router's `X-Request-ID` when it is sane, else a new one."""
+    if "request_id" not in g:
+        sent = request.headers.get("X-Request-ID", "")
+        g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+    rid: str = g.request_id
+    return rid
+
+
+def _start() -> None:
+    g.started = time.perf_counter()
+
+
+def _finish(response: Response) -> Response:
+    rid = request_id()
+    response.headers["X-Request-ID"] = rid
+    started = g.get("started")
+    duration = round((time.perf_counter() - started) * 1000, 2) if started else None
+    route = request.url_rule.rule if request.url_rule is not None else "<no route>"
+    log.info(
+        "%s %s %s %sms request_id=%s",
+        request.method,
+        route,
+        response.status_code,
+        duration,
+        rid,
+        extra={
+            "method": request.method,
+            "route": route,
+            "status": response.status_code,
+            "duration_ms": duration,
+            "request_id": rid,
+        },
+    )
+    return response
