@@ -7,6 +7,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import click
 from alembic import command
@@ -15,6 +16,7 @@ from flask import Flask, current_app, g
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import Connection, Engine, NullPool, create_engine, event, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 
 from .config import Settings, masked
 
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_FILE = "tasks.sqlite3"
+POOL_RECYCLE_SECONDS = 240
+T = TypeVar("T")
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -59,6 +63,8 @@ def _postgresql_engine(url: URL, settings: Settings) -> Engine:
         pool_size=settings.db_pool_size,
         max_overflow=0,
         pool_timeout=settings.db_pool_timeout,
+        # Replace connections before Neon's five idle minutes end them under us.
+        pool_recycle=POOL_RECYCLE_SECONDS,
         connect_args=connect_args,
         # Error messages (and so logs) show statements but never users' data.
         hide_parameters=True,
@@ -105,9 +111,28 @@ def _release_connection(_exc: BaseException | None) -> None:
         conn.close()
 
 
+def read(query: Callable[[Connection], T]) -> T:
+    """Run a read on the request's connection; if that pooled connection turns out to be
+    dead (the database restarted, or Neon's compute was suspended), once more on a fresh one.
+
+    No ping before every request: a dead connection is found on use, and SQLAlchemy then
+    drops every pooled connection made before it. Writes are not repeated here: one that
+    reached the database may have committed, so the client gets a 503 and retries (If-Match
+    and Idempotency-Key make that safe).
+    """
+    try:
+        return query(connection())
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        log.info("database connection lost; retrying the read on a fresh one")
+        _release_connection(None)
+        return query(connection())
+
+
 def ping() -> None:
     """Raise if the database does not answer."""
-    connection().execute(text("SELECT 1"))
+    read(lambda conn: conn.execute(text("SELECT 1")))
 
 
 def upgrade(url: URL, revision: str = "head") -> None:

@@ -271,15 +271,17 @@ class Tasks(MethodView):
         Newest first unless `sort` says otherwise, one page at a time: follow the
         `Link` header's `next` URL until there is none.
         """
-        limit = args["limit"]
-        rows = repository.list_tasks(
-            db.connection(),
-            user_id=user_id,
-            sort=args["sort"],
-            completed=args.get("completed"),
-            q=args.get("q"),
-            limit=limit + 1,  # one more tells whether a next page exists
-            after=pages.start_after(user_id, args),
+        limit, after = args["limit"], pages.start_after(user_id, args)
+        rows = db.read(
+            lambda conn: repository.list_tasks(
+                conn,
+                user_id=user_id,
+                sort=args["sort"],
+                completed=args.get("completed"),
+                q=args.get("q"),
+                limit=limit + 1,  # one more tells whether a next page exists
+                after=after,
+            )
         )
         page = rows[:limit]
         headers = {"Link": pages.next_link(user_id, args, page)} if len(rows) > limit else {}
@@ -343,7 +345,9 @@ class TaskById(MethodView):
 
         With `If-None-Match` naming the current version, answers 304 with no body.
         """
-        task = _found(repository.get_task(db.connection(), user_id=user_id, task_id=task_id))
+        task = _found(
+            db.read(lambda conn: repository.get_task(conn, user_id=user_id, task_id=task_id))
+        )
         headers = _task_headers(task)
         if request.if_none_match.contains_weak(headers["ETag"].strip('"')):
             return Response(status=304, headers=headers)

@@ -267,13 +267,15 @@ def _free_port() -> int:
 
 def _wait_for(port: int) -> None:
     for _ in range(100):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             connection.request("GET", "/health")
             if connection.getresponse().status == 200:
                 return
         except OSError:
             time.sleep(0.1)
+        finally:
+            connection.close()
     raise RuntimeError(f"gunicorn on {port} did not start")
 
 
@@ -292,9 +294,12 @@ def test_two_instances_receiving_the_same_key_at_once_create_one_task(
     def post(n: int) -> tuple[int, str | None]:
         connection = http.client.HTTPConnection("127.0.0.1", two_instances[n % 2], timeout=10)
         start.wait()
-        connection.request("POST", f"/api/{user}/tasks", body=body, headers=headers)
-        response = connection.getresponse()
-        response.read()
+        try:
+            connection.request("POST", f"/api/{user}/tasks", body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+        finally:
+            connection.close()
         return response.status, response.getheader("Location")
 
     with ThreadPoolExecutor(max_workers=12) as pool:
@@ -306,4 +311,5 @@ def test_two_instances_receiving_the_same_key_at_once_create_one_task(
     connection = http.client.HTTPConnection("127.0.0.1", two_instances[0], timeout=10)
     connection.request("GET", f"/api/{user}/tasks", headers=headers)
     listed = json.loads(connection.getresponse().read())
+    connection.close()
     assert [t["title"] for t in listed] == ["exactly once"]
