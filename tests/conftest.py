@@ -2,8 +2,9 @@
 
 PostgreSQL: a database of its own is created for the run on the server at
 TEST_POSTGRES_URL (default: the local one) and dropped afterwards. SQLite: the
-embedded mode, in a temporary instance folder. TEST_DATABASES=sqlite (or postgresql)
-runs one of the two.
+embedded mode, in a temporary instance folder. pgbouncer (when PgBouncer is installed):
+the same PostgreSQL database through PgBouncer in transaction mode with TLS, as Neon's
+pooler. TEST_DATABASES=sqlite (or postgresql, pgbouncer) runs some of them.
 
 The apps verify HS256 tokens made with tests.support.SECRET, and the `client` acts
 as the user of each /api path it calls (tests.support.UserClient).
@@ -30,6 +31,7 @@ from tasks_api.config import Settings
 from tests.support import (
     BACKENDS,
     REQUIRED,
+    PgBouncer,
     UserClient,
     drop_postgres_database,
     scratch_postgres_database,
@@ -43,17 +45,32 @@ def postgres_url() -> Iterator[URL]:
     drop_postgres_database(name)
 
 
+@pytest.fixture(scope="session")
+def pgbouncer(postgres_url: URL) -> Iterator[PgBouncer]:
+    pooler = PgBouncer(postgres_url)
+    yield pooler
+    pooler.stop()
+
+
 def make_app(backend: str, instance_path: Path, request: pytest.FixtureRequest) -> Flask:
     env = dict(REQUIRED)
-    if backend == "postgresql":
+    if backend in ("postgresql", "pgbouncer"):
         url: URL = request.getfixturevalue("postgres_url")
         env["DATABASE_URL"] = url.render_as_string(hide_password=False)
+    if backend == "pgbouncer":
+        # As on Neon: the app through the pooler, migrations on the direct URL. Debian's
+        # PgBouncer 1.18 cannot keep protocol-level prepared statements: turn them off.
+        pooler: PgBouncer = request.getfixturevalue("pgbouncer")
+        env["DATABASE_URL_UNPOOLED"] = env["DATABASE_URL"]
+        env["DATABASE_URL"] = pooler.url(url.database or "").render_as_string(False)
+        env["DB_PREPARE_THRESHOLD"] = "none"
     settings = Settings.from_env(env)
     if settings.migration_url is not None:
         db.upgrade(settings.migration_url)
     app = create_app(settings, instance_path=str(instance_path))
     app.config["TESTING"] = True
     app.test_client_class = UserClient
+    app.config["TEST_BACKEND"] = backend
     return app
 
 
@@ -68,7 +85,9 @@ def app(
 
 @pytest.fixture
 def backend(app: Flask) -> str:
-    return "sqlite" if app.extensions["tasks_api.settings"].embedded else "postgresql"
+    """postgresql, sqlite, or pgbouncer (PostgreSQL through the pooler)."""
+    name: str = app.config["TEST_BACKEND"]
+    return name
 
 
 @pytest.fixture

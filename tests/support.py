@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -21,7 +27,9 @@ SECRET = "test-secret-of-at-least-thirty-two-bytes"
 # What an app with DATABASE_URL needs besides: a token secret and Flask's SECRET_KEY.
 REQUIRED = {"AUTH_JWT_SECRET": SECRET, "SECRET_KEY": "test-secret-key-of-32-bytes-or-more"}
 
-BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "postgresql,sqlite").split(",")]
+# pgbouncer: PostgreSQL behind PgBouncer in transaction mode with TLS, as Neon's pooler.
+_DEFAULT_BACKENDS = "postgresql,sqlite" + (",pgbouncer" if shutil.which("pgbouncer") else "")
+BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", _DEFAULT_BACKENDS).split(",")]
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -77,3 +85,97 @@ class UserClient(FlaskClient):
         if auth and match and "Authorization" not in headers:
             headers["Authorization"] = f"Bearer {token_for(unquote(match[1]))}"
         return super().open(*args, headers=headers, **kwargs)
+
+
+class PgBouncer:
+    """PgBouncer in transaction mode, TLS required from clients (a self-signed
+    certificate made here), in front of the test PostgreSQL: a stand-in for Neon's pooler.
+    """
+
+    def __init__(self, upstream: URL) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="tasks_api_pgbouncer_"))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        _self_signed_certificate(self.dir)
+        (self.dir / "users.txt").write_text('"postgres" ""\n')
+        (self.dir / "pgbouncer.ini").write_text(
+            f"""[databases]
+* = host={upstream.host} port={upstream.port or 5432}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {self.port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {self.dir}/users.txt
+pool_mode = transaction
+max_client_conn = 500
+default_pool_size = 20
+client_tls_sslmode = require
+client_tls_key_file = {self.dir}/server.key
+client_tls_cert_file = {self.dir}/server.crt
+logfile = {self.dir}/pgbouncer.log
+"""
+        )
+        command = ["pgbouncer", str(self.dir / "pgbouncer.ini")]
+        if os.geteuid() == 0:  # PgBouncer will not run as root
+            shutil.chown(self.dir, "postgres")
+            for file in self.dir.iterdir():
+                shutil.chown(file, "postgres")
+            command = ["runuser", "-u", "postgres", "--", *command]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for _ in range(100):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"pgbouncer did not start: {self.dir / 'pgbouncer.log'}")
+
+    def url(self, database: str) -> URL:
+        return URL.create(
+            "postgresql",
+            username="postgres",
+            host="127.0.0.1",
+            port=self.port,
+            database=database,
+            query={"sslmode": "require"},
+        )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _self_signed_certificate(folder: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (folder / "server.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file = folder / "server.key"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_file.chmod(0o600)
