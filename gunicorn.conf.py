@@ -16,6 +16,12 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # One line per request comes from the app (tasks_api.logs: route template, status,
 # duration, request id), so gunicorn's own access log, with raw URLs, stays off.
 accesslog = None
+# Only from these addresses are X-Forwarded-Proto and friends believed: 127.0.0.1 by
+# default; on a PaaS whose router is the only way in, FORWARDED_ALLOW_IPS='*'.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+# gunicorn 27's control socket (a fixed path in $HOME) is not needed on a PaaS, and
+# two instances on one machine would fight over it.
+control_socket_disable = True
 # gunicorn's largest: a list URL with a full cursor (up to 2048) and a 200-character search
 # percent-encoded can pass the 4094 default, and gunicorn would answer 414 itself.
 limit_request_line = 8190
