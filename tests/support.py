@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -21,6 +23,8 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy.engine import URL, make_url
 from werkzeug.test import TestResponse
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # The shared secret the test apps verify HS256 tokens with (AUTH_JWT_SECRET).
 SECRET = "test-secret-of-at-least-thirty-two-bytes"
@@ -87,6 +91,48 @@ class UserClient(FlaskClient):
         return super().open(*args, headers=headers, **kwargs)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_gunicorn(env: dict[str, str], port: int, log: Any) -> subprocess.Popen[bytes]:
+    """gunicorn as the Procfile runs it, on 127.0.0.1:`port`; returns once /health answers.
+
+    `log` should be a file (or DEVNULL): a pipe nobody reads fills up and stalls workers.
+    """
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            "gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "wsgi:app",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    for _ in range(100):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                return process
+        except OSError:
+            time.sleep(0.1)
+        finally:
+            connection.close()
+    process.terminate()
+    raise RuntimeError(f"gunicorn on port {port} did not start")
+
+
 class PgBouncer:
     """PgBouncer in transaction mode, TLS required from clients (a self-signed
     certificate made here), in front of the test PostgreSQL: a stand-in for Neon's pooler.
@@ -94,9 +140,7 @@ class PgBouncer:
 
     def __init__(self, upstream: URL) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tasks_api_pgbouncer_"))
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         _self_signed_certificate(self.dir)
         (self.dir / "users.txt").write_text('"postgres" ""\n')
         (self.dir / "pgbouncer.ini").write_text(

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,11 +25,11 @@ from tests.support import (
     REQUIRED,
     assert_problem,
     drop_postgres_database,
+    free_port,
     scratch_postgres_database,
+    start_gunicorn,
     token_for,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def keyed(key: str) -> dict[str, str]:
@@ -218,65 +215,20 @@ def two_instances(tmp_path: Path) -> Iterator[list[int]]:
     url, name = scratch_postgres_database("tasks_api_instances")
     db.upgrade(url.set(drivername="postgresql+psycopg"))
     env = {
-        **os.environ,
         **REQUIRED,
         "DATABASE_URL": url.render_as_string(hide_password=False),
         "WEB_CONCURRENCY": "1",
     }
-    ports = [_free_port(), _free_port()]
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--config",
-                "gunicorn.conf.py",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--access-logfile",
-                "/dev/null",
-                "wsgi:app",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
+    processes = []
     try:
-        for port in ports:
-            _wait_for(port)
+        ports = [free_port(), free_port()]
+        processes = [start_gunicorn(env, port, subprocess.DEVNULL) for port in ports]
         yield ports
     finally:
         for process in processes:
             process.terminate()
             process.wait(timeout=30)
         drop_postgres_database(name)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_for(port: int) -> None:
-    for _ in range(100):
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        try:
-            connection.request("GET", "/health")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.1)
-        finally:
-            connection.close()
-    raise RuntimeError(f"gunicorn on {port} did not start")
 
 
 def test_two_instances_receiving_the_same_key_at_once_create_one_task(

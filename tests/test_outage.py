@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,19 +26,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tasks_api import db
-from tests.support import REQUIRED, token_for
+from tests.support import REQUIRED, free_port, start_gunicorn, token_for
 
-ROOT = Path(__file__).resolve().parent.parent
 BINARIES = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Cluster:
@@ -48,7 +37,7 @@ class Cluster:
     def __init__(self) -> None:
         self.bin = BINARIES[-1]
         self.dir = Path(tempfile.mkdtemp(prefix="tasks_api_cluster_"))
-        self.port = _free_port()
+        self.port = free_port()
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
         self._run("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
@@ -98,35 +87,10 @@ class Service:
 
 @pytest.fixture
 def service(cluster: Cluster, tmp_path: Path) -> Iterator[Service]:
-    port = _free_port()
-    env = {**os.environ, **REQUIRED, "DATABASE_URL": cluster.url, "WEB_CONCURRENCY": "2"}
-    log = (tmp_path / "gunicorn.log").open("w")  # a file: a pipe nobody reads would fill up
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--config",
-            "gunicorn.conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "wsgi:app",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    for _ in range(100):
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        try:
-            connection.request("GET", "/health")
-            if connection.getresponse().status == 200:
-                break
-        except OSError:
-            time.sleep(0.1)
-        finally:
-            connection.close()
+    port = free_port()
+    env = {**REQUIRED, "DATABASE_URL": cluster.url, "WEB_CONCURRENCY": "2"}
+    log = (tmp_path / "gunicorn.log").open("w")
+    process = start_gunicorn(env, port, log)
     yield Service(port, process)
     process.terminate()
     process.wait(timeout=30)
