@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import click
-from alembic import command
-from alembic.config import Config
 from flask import Flask, current_app, g
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import Connection, Engine, NullPool, create_engine, event, text
@@ -137,10 +135,16 @@ def ping() -> None:
 
 def upgrade(url: URL, revision: str = "head") -> None:
     """Run the Alembic migrations up to `revision` on the database at `url`."""
-    _migrate(url, lambda config: command.upgrade(config, revision))
+    _migrate(url, "upgrade", revision=revision)
 
 
-def _migrate(url: URL, run: Callable[[Config], object]) -> None:
+def _migrate(url: URL, action: str, **arguments: object) -> None:
+    """Run an Alembic command (upgrade, downgrade, revision) on the database at `url`."""
+    # Imported here: web workers on PostgreSQL never migrate, and Alembic costs them a
+    # quarter of a second and some memory at start.
+    from alembic import command
+    from alembic.config import Config
+
     # A connection of its own, outside the autocommit pool: DDL runs in one
     # transaction where the database allows it (PostgreSQL).
     engine = create_engine(url, poolclass=NullPool)
@@ -149,7 +153,7 @@ def _migrate(url: URL, run: Callable[[Config], object]) -> None:
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS))
             config.attributes["connection"] = conn
-            run(config)
+            getattr(command, action)(config, **arguments)
     finally:
         engine.dispose()
 
@@ -195,17 +199,14 @@ def upgrade_command(revision: str) -> None:
 @click.argument("revision")
 def downgrade_command(revision: str) -> None:
     """Revert the database to REVISION (e.g. -1, or base)."""
-    _migrate(_migration_url(), lambda config: command.downgrade(config, revision))
+    _migrate(_migration_url(), "downgrade", revision=revision)
 
 
 @db_cli.command("revision")
 @click.option("-m", "--message", required=True, help="What the migration does.")
 def revision_command(message: str) -> None:
     """Write a new migration from the difference between the models and the database."""
-    _migrate(
-        _migration_url(),
-        lambda config: command.revision(config, message=message, autogenerate=True),
-    )
+    _migrate(_migration_url(), "revision", message=message, autogenerate=True)
 
 
 @click.command("purge-idempotency-keys")
