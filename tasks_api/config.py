@@ -71,15 +71,11 @@ class Settings:
             return value or None
 
         database_url = _database_url("DATABASE_URL", get("DATABASE_URL"))
-        secret, jwks_url = get("AUTH_JWT_SECRET"), _jwks_url(get("AUTH_JWKS_URL"))
+        secret = _secret("AUTH_JWT_SECRET", get("AUTH_JWT_SECRET"))
+        jwks_url = _jwks_url(get("AUTH_JWKS_URL"))
         disabled = _boolean("AUTH_DISABLED", get("AUTH_DISABLED"))
         if secret is not None and jwks_url is not None:
             raise ConfigError("AUTH_JWT_SECRET and AUTH_JWKS_URL: set one of the two, not both")
-        if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
-            raise ConfigError(
-                f"AUTH_JWT_SECRET: expected at least {MIN_SECRET_BYTES} bytes "
-                "(generate one with: openssl rand -base64 32)"
-            )
         if database_url is not None and secret is None and jwks_url is None and not disabled:
             raise ConfigError(
                 "DATABASE_URL is set but no authentication is configured. Set AUTH_JWKS_URL "
@@ -88,12 +84,7 @@ class Settings:
                 "front end signs HS256 tokens with, such as BETTER_AUTH_SECRET); or set "
                 "AUTH_DISABLED=true to serve /api to anyone."
             )
-        secret_key = get("SECRET_KEY")
-        if secret_key is not None and len(secret_key.encode()) < MIN_SECRET_BYTES:
-            raise ConfigError(
-                f"SECRET_KEY: expected at least {MIN_SECRET_BYTES} bytes "
-                "(generate one with: openssl rand -base64 32)"
-            )
+        secret_key = _secret("SECRET_KEY", get("SECRET_KEY"))
         if database_url is not None and secret_key is None:
             raise ConfigError(
                 "SECRET_KEY: required when DATABASE_URL is set, the same value on every "
@@ -194,6 +185,15 @@ def _log_level(raw: str | None) -> str:
     if level not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)}, got {raw!r}")
     return level
+
+
+def _secret(name: str, raw: str | None) -> str | None:
+    if raw is not None and len(raw.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{name}: expected at least {MIN_SECRET_BYTES} bytes "
+            "(generate one with: openssl rand -base64 32)"
+        )
+    return raw
 
 
 def _log_format(raw: str | None) -> str:
