@@ -7,9 +7,12 @@ Installs wrk from Debian if missing, seeds a scratch PostgreSQL database, starts
 and loads each with wrk (2 threads, 16 connections; bench/tasks.lua) for GET one, list
 (20 tasks), create, update, toggle and delete, alternating the two apps over --rounds
 rounds. Prints req/s, p50, p99 and errors (median of the rounds) and the ratio to the
-baseline; then database round trips per request (through a counting TCP proxy), p50 with
-10 ms added each way between app and database (20 ms round trip), RSS per worker, and
-cold start (exec of the Procfile's web command to the first 200 from /health).
+baseline; then database round trips per request (through a counting TCP proxy, in the
+steady state: after a warm-up past psycopg's prepare on every worker's connection; any
+connection opened or extra round trip while counting is shown below the table), also for
+a create with an Idempotency-Key and its replay; p50 with 10 ms added each way between app
+and database (20 ms round trip), RSS per worker, and cold start (exec of the Procfile's web
+command to the first 200 from /health).
 
 Everything runs on 127.0.0.1; the database is dropped afterwards.
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import dataclasses
 import http.client
 import json
 import os
@@ -31,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +54,7 @@ DATABASE = "tasks_api_bench_endpoints"
 MODES = ["get", "list", "create", "update", "toggle", "delete"]
 THREADS, CONNECTIONS = 2, 16
 SECRET = secrets.token_urlsafe(32)
+COUNTED, DELAYED = 50, 15  # requests per endpoint through the proxy: counted; at 20 ms RTT
 
 
 def main() -> None:
@@ -56,6 +63,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
     if shutil.which("wrk") is None:
+        # A fresh machine has no package lists yet.
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
 
     url = make_url(ADMIN_URL).set(database=DATABASE)
@@ -68,11 +77,11 @@ def main() -> None:
         plain = url.render_as_string(hide_password=False)
         targets = seed(plain, work, options.rounds)
         results = load(plain, work, targets, options)
-        _, _, trips = through_proxy(plain, delay=0.0, n=50)
-        _, delayed, _ = through_proxy(plain, delay=0.010, n=15)
+        counts, delayed, notes = through_proxy(plain, n=COUNTED, n_delayed=DELAYED)
         extras = {
-            "round trips": trips,
+            "round trips": counts,
             "p50 at 20 ms RTT": {mode: statistics.median(v) for mode, v in delayed.items()},
+            "notes": notes,
         }
         report(results, extras, options)
     finally:
@@ -260,17 +269,43 @@ def load(
 
 # --- round trips and latency through a TCP proxy -----------------------------------------
 
+# The proxy's extra rows: POST with a fresh Idempotency-Key each time (the app answers 201),
+# and the same POST with the same key again (the replay; its original is not counted).
+KEY_MODES = ["create with key", "replayed key"]
+LABELS = {
+    "create with key": "create with Idempotency-Key",
+    "replayed key": "replayed Idempotency-Key",
+}
+# psycopg prepares a statement server-side on its 6th run on a connection (prepare_threshold
+# 5, tasks_api's default), one extra round trip, once per statement and connection. Warm-up
+# runs every endpoint until each worker's connection has served it this often, and at least
+# WARM_UP times in all, so that the count sees the steady state.
+PREPARE_THRESHOLD = 5
+WARM_RUNS = PREPARE_THRESHOLD + 3
+WARM_UP, WARM_UP_MAX = 16, 200
+WORKERS = 2  # the proxied app's gunicorn workers: one pool, so one connection, each
+
 
 class Proxy:
-    """Forwards 127.0.0.1:port to PostgreSQL, counting round trips and adding delay."""
+    """Forwards 127.0.0.1:port to PostgreSQL, counting round trips per connection and
+    adding delay (settable while running)."""
 
     def __init__(self, upstream_port: int, delay: float = 0.0) -> None:
         self.port, self.upstream_port, self.delay = free_port(), upstream_port, delay
-        self.round_trips = 0
+        # Round trips of each connection, in the order they were opened; and the open ones.
+        self.trips: list[int] = []
+        self.open: set[int] = set()
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         threading.Thread(target=self._serve, args=(ready,), daemon=True).start()
         ready.wait()
+
+    @property
+    def round_trips(self) -> int:
+        return sum(self.trips)
+
+    def snapshot(self) -> list[int]:
+        return self.trips.copy()
 
     def _serve(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
@@ -281,6 +316,9 @@ class Proxy:
         self.loop.run_until_complete(server.serve_forever())
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = len(self.trips)
+        self.trips.append(0)
+        self.open.add(number)
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         # A round trip: the client speaks, then the server answers.
         state = {"client_spoke": False}
@@ -293,12 +331,15 @@ class Proxy:
                     state["client_spoke"] = True
                 elif state["client_spoke"]:
                     state["client_spoke"] = False
-                    self.round_trips += 1
+                    self.trips[number] += 1
                 dst.write(data)
                 await dst.drain()
             dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+        try:
+            await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+        finally:
+            self.open.discard(number)
 
 
 class Client:
@@ -312,9 +353,11 @@ class Client:
         }
         self.base = f"/api/{user}/tasks"
 
-    def call(self, method: str, path: str, body: str | None = None) -> tuple[float, Any]:
+    def call(
+        self, method: str, path: str, body: str | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[float, Any]:
         started = time.perf_counter()
-        self.connection.request(method, path, body=body, headers=self.headers)
+        self.connection.request(method, path, body=body, headers=self.headers | (headers or {}))
         response = self.connection.getresponse()
         raw = response.read()
         elapsed = (time.perf_counter() - started) * 1000
@@ -322,49 +365,143 @@ class Client:
         return elapsed, json.loads(raw) if raw else None
 
 
-def plan(client: Client, mode: str, task: str, n: int) -> list[tuple[str, str, str | None]]:
-    """n requests of one endpoint; a delete plan first creates the tasks it deletes."""
+Request = tuple[str, str, str | None, dict[str, str]]
+
+
+def next_request(client: Client, mode: str, task: str, i: int) -> Request:
+    """The i-th request of one endpoint, after the setup it needs (not counted): a delete
+    first creates the task it deletes, a replay first sends the original."""
     base = client.base
     if mode == "delete":
-        ids = [client.call("POST", base, '{"title": "doomed"}')[1]["id"] for _ in range(n)]
-        return [("DELETE", f"{base}/{i}", None) for i in ids]
-    return [
-        {
-            "get": ("GET", f"{base}/{task}", None),
-            "list": ("GET", f"{base}?limit=20", None),
-            "create": ("POST", base, '{"title": "x"}'),
-            "update": ("PUT", f"{base}/{task}", f'{{"title": "renamed {i}"}}'),
-            "toggle": ("PATCH", f"{base}/{task}/complete", None),
-        }[mode]
-        for i in range(n)
-    ]
+        created = client.call("POST", base, '{"title": "doomed"}')[1]["id"]
+        return "DELETE", f"{base}/{created}", None, {}
+    if mode == "create with key":
+        return "POST", base, '{"title": "x"}', {"Idempotency-Key": str(uuid.uuid4())}
+    if mode == "replayed key":
+        original: Request = ("POST", base, '{"title": "x"}', {"Idempotency-Key": str(uuid.uuid4())})
+        client.call(*original)
+        return original
+    return {
+        "get": ("GET", f"{base}/{task}", None, {}),
+        "list": ("GET", f"{base}?limit=20", None, {}),
+        "create": ("POST", base, '{"title": "x"}', {}),
+        "update": ("PUT", f"{base}/{task}", f'{{"title": "renamed {i}"}}', {}),
+        "toggle": ("PATCH", f"{base}/{task}/complete", None, {}),
+    }[mode]
+
+
+@dataclasses.dataclass
+class Count:
+    """Database round trips of one endpoint's counted requests, per connection."""
+
+    requests: int = 0
+    round_trips: int = 0
+    # connection number -> [requests it served, its round trips during them]
+    connections: dict[int, list[int]] = dataclasses.field(default_factory=dict)
+    new: set[int] = dataclasses.field(default_factory=set)  # opened during the count
+
+    def add(self, before: list[int], after: list[int]) -> set[int]:
+        """Account one request from the proxy's counts before and after it; returns the
+        connections it used."""
+        self.requests += 1
+        used = set()
+        for number, trips in enumerate(after):
+            delta = trips - (before[number] if number < len(before) else 0)
+            if number >= len(before):
+                self.new.add(number)
+            if delta:
+                used.add(number)
+                self.round_trips += delta
+                served = self.connections.setdefault(number, [0, 0])
+                served[0] += 1
+                served[1] += delta
+        return used
+
+    @property
+    def per_request(self) -> float:
+        return self.round_trips / self.requests
+
+    def steady(self) -> float | None:
+        """Round trips per request on the connections open before the count."""
+        old = [v for number, v in self.connections.items() if number not in self.new]
+        requests = sum(served for served, _ in old)
+        return sum(trips for _, trips in old) / requests if requests else None
+
+
+def warm_up(
+    proxy: Proxy, clients: list[Client], mode: str, task: str
+) -> tuple[int, dict[int, int]]:
+    """Run one endpoint until every worker's connection has served it WARM_RUNS times
+    (past psycopg's prepare), and at least WARM_UP times; returns the requests sent and
+    how many each connection served.
+
+    One client at a time lands on the same worker nearly always (one saw 197 of 200), so
+    the clients (one per worker) send together: a sync worker busy with one request
+    leaves the next to another."""
+    served: dict[int, int] = {}
+    sent = 0
+    barrier = threading.Barrier(len(clients))
+
+    def call(client: Client, request: Request) -> None:
+        barrier.wait(timeout=30)
+        client.call(*request)
+
+    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+        while sent < WARM_UP_MAX:
+            open_now = proxy.open.copy()  # the proxy's thread may be adding one
+            ready = sum(1 for number in open_now if served.get(number, 0) >= WARM_RUNS)
+            if sent >= WARM_UP and ready >= WORKERS and ready == len(open_now):
+                break
+            requests = [next_request(c, mode, task, sent + k) for k, c in enumerate(clients)]
+            before = proxy.snapshot()
+            list(pool.map(call, clients, requests))
+            used = Count().add(before, proxy.snapshot())
+            for number in used:  # a worker serves one request at a time, on one connection
+                served[number] = served.get(number, 0) + max(1, len(clients) // len(used))
+            sent += len(clients)
+    return sent, served
 
 
 def through_proxy(
-    url: str, delay: float, n: int
-) -> tuple[Proxy, dict[str, list[float]], dict[str, float]]:
-    """Each endpoint n times, one at a time, through a proxy to the database: the
-    latencies, and the database round trips per request."""
-    proxy = Proxy(make_url(url).port or 5432, delay=delay)
+    url: str, n: int, n_delayed: int, delay: float = 0.010
+) -> tuple[dict[str, Count], dict[str, list[float]], list[str]]:
+    """The app with a proxy between it and the database: each endpoint warmed up, then n
+    times one at a time, counting the database round trips; then n_delayed times with
+    `delay` added each way, for the latencies. Also returns notes on the warm-up."""
+    proxy = Proxy(make_url(url).port or 5432)
     proxied = make_url(url).set(port=proxy.port).render_as_string(hide_password=False)
     with psycopg.connect(url) as conn:
         user, task = conn.execute(
             "SELECT user_id, id::text FROM tasks WHERE user_id = 'user-1' LIMIT 1"
         ).fetchone()  # type: ignore[misc]
     server = Server("app", proxied)
+    notes = []
     try:
         client = Client(server.port, user)
-        for mode in MODES:  # warm both workers' pools and statement caches
-            for method, path, body in plan(client, mode, task, 4):
-                client.call(method, path, body)
+        clients = [client, *(Client(server.port, user) for _ in range(WORKERS - 1))]
+        counts: dict[str, Count] = {}
+        for mode in [*MODES, *KEY_MODES]:
+            sent, served = warm_up(proxy, clients, mode, task)
+            if len(served) < WORKERS or min(served.values()) < WARM_RUNS:
+                notes.append(
+                    f"{LABELS.get(mode, mode)}: warm-up short: {sent} requests, served "
+                    f"{sorted(served.values())} by connection (wanted {WARM_RUNS} or more on "
+                    f"each of {WORKERS})"
+                )
+            counts[mode] = count = Count()
+            for i in range(n):
+                request = next_request(client, mode, task, i)
+                before = proxy.snapshot()
+                client.call(*request)
+                count.add(before, proxy.snapshot())
+        proxy.delay = delay
         times: dict[str, list[float]] = {}
-        trips: dict[str, float] = {}
         for mode in MODES:
-            requests = plan(client, mode, task, n)
-            before = proxy.round_trips
-            times[mode] = [client.call(method, path, body)[0] for method, path, body in requests]
-            trips[mode] = (proxy.round_trips - before) / n
-        return proxy, times, trips
+            times[mode] = []
+            for i in range(n_delayed):
+                request = next_request(client, mode, task, i)
+                times[mode].append(client.call(*request)[0])
+        return counts, times, notes
     finally:
         server.stop()
 
@@ -372,9 +509,52 @@ def through_proxy(
 # --- report ---------------------------------------------------------------------------
 
 
-def report(
-    results: dict[str, Any], extras: dict[str, dict[str, float]], options: argparse.Namespace
-) -> None:
+def round_trip_lines(counts: dict[str, Count], notes: list[str]) -> list[str]:
+    """What goes under the table about the round trips: the Idempotency-Key creates, and
+    whatever would make a figure more than the endpoint's own statements."""
+    lines = [
+        f"DB round trips: {COUNTED} requests per endpoint, one at a time, through a counting "
+        f"TCP proxy, after a warm-up that ran each endpoint at least {WARM_RUNS} times on "
+        f"each worker's connection (psycopg prepares a statement on its "
+        f"{PREPARE_THRESHOLD + 1}th run there: one more round trip, once).",
+        f"create with Idempotency-Key: {counts['create with key'].per_request:.2f} round trips"
+        " (goal: at most 2)",
+        f"replayed Idempotency-Key: {counts['replayed key'].per_request:.2f} round trips",
+    ]
+    for mode, count in counts.items():
+        label = LABELS.get(mode, mode)
+        if count.new:
+            opened = len(count.new)
+            served, trips = (
+                sum(column)
+                for column in zip(
+                    *(count.connections.get(n, [0, 0]) for n in count.new), strict=True
+                )
+            )
+            steady = count.steady()
+            lines.append(
+                f"{label}: {opened} new connection{'s' if opened > 1 else ''} during the count; "
+                f"the {served} request{'s' if served != 1 else ''} on "
+                f"{'them' if opened > 1 else 'it'} took {trips} round trips, opening included"
+                + (
+                    f" ({steady:.2f} per request on the connections already open)"
+                    if steady is not None
+                    else ""
+                )
+            )
+        if count.round_trips % count.requests:
+            spread = ", ".join(
+                f"#{number} {trips}/{served}"
+                for number, (served, trips) in sorted(count.connections.items())
+            )
+            lines.append(
+                f"{label}: round trips/requests per connection: {spread} (a statement's "
+                f"{PREPARE_THRESHOLD + 1}th run on a connection prepares it: one more, once)"
+            )
+    return lines + notes
+
+
+def report(results: dict[str, Any], extras: dict[str, Any], options: argparse.Namespace) -> None:
     def med(kind: str, mode: str, key: str) -> float:
         return statistics.median(r[key] for r in results[kind][mode])
 
@@ -390,13 +570,14 @@ def report(
     print("|---|---|---|---|---|---|---|---|---|")
     for mode in MODES:
         rps, base = med("app", mode, "rps"), med("baseline", mode, "rps")
-        trips = extras["round trips"][mode]
+        trips = extras["round trips"][mode].per_request
         p50, p99 = med("app", mode, "p50"), med("app", mode, "p99")
         print(
             f"| {mode} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {med('app', mode, 'errors'):.0f} "
             f"| {base:.0f} | {rps / base:.2f}x | {trips:.2f} "
             f"| {extras['p50 at 20 ms RTT'][mode]:.1f} |"
         )
+    print("\n" + "\n".join(round_trip_lines(extras["round trips"], extras["notes"])))
     rss = results["rss"]
     print(f"\nRSS per worker after load: {min(rss):.0f}-{max(rss):.0f} MiB")
     print(

@@ -10,7 +10,7 @@ from flask import Blueprint, Flask, Response, request
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, db, errors, logs, routes
+from . import auth, db, errors, logs, pages, routes
 from .config import Settings, instance_secret
 from .schemas import ProblemSchema
 
@@ -73,7 +73,11 @@ def create_app(settings: Settings | None = None, *, instance_path: str | None = 
     # Keep each schema's field order (id first) rather than sorting keys.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["tasks_api.settings"] = settings
-    app.secret_key = settings.secret_key or instance_secret(Path(app.instance_path), "secret-key")
+    # Kept out of Flask's SECRET_KEY: with it set, Flask would open a cookie session on
+    # every request, and this API has no sessions.
+    app.extensions["tasks_api.cursor_serializer"] = pages.serializer(
+        settings.secret_key or instance_secret(Path(app.instance_path), "secret-key")
+    )
     if settings.trusted_proxies:
         # Scheme, host and port (for the next-page links) from the proxies' X-Forwarded-*.
         n = settings.trusted_proxies

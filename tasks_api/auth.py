@@ -32,6 +32,10 @@ JWKS_TIMEOUT_SECONDS = 3.0
 JWKS_MAX_BYTES = 256 * 1024
 # Even with no unknown `kid`, keys are refetched this often so removed ones stop working.
 JWKS_MAX_AGE_SECONDS = 600.0
+# A verified token is trusted again without checking for this long (never past its
+# `exp`); the cache holds this many tokens, oldest out first.
+VERIFIED_SECONDS = 60.0
+VERIFIED_MAX = 4096
 
 
 class KeySet:
@@ -116,9 +120,29 @@ class Authenticator:
         self.algorithms = list(settings.auth_jwt_algorithms)
         self.issuer = settings.auth_jwt_issuer
         self.audience = settings.auth_jwt_audience
+        # token -> (subject, time until which it is taken as verified)
+        self._verified: dict[str, tuple[str, float]] = {}
 
     def subject(self, token: str) -> str:
-        """The token's `sub`, once its signature and claims check out; else a 401."""
+        """The token's `sub`, once its signature and claims check out; else a 401.
+
+        A front end sends the same token with every request until it expires; checking
+        it once a minute instead of every time saves a fifth of a GET's time (PyJWT's
+        decode with HS256; more with RSA or EdDSA keys).
+        """
+        now = time.time()
+        known = self._verified.get(token)
+        if known is not None and now < known[1]:
+            return known[0]
+        claims = self._verify(token)
+        subject: str = claims["sub"]
+        if len(self._verified) >= VERIFIED_MAX:
+            del self._verified[next(iter(self._verified))]
+        until = min(float(claims["exp"]) + LEEWAY_SECONDS, now + VERIFIED_SECONDS)
+        self._verified[token] = (subject, until)
+        return subject
+
+    def _verify(self, token: str) -> dict[str, Any]:
         try:
             key: str | PyJWK
             if self.keyset is not None:
@@ -147,8 +171,7 @@ class Authenticator:
             errors.unauthorized("The token was issued for another service.", token_sent=True)
         except jwt.InvalidTokenError:
             errors.unauthorized("The token is not valid.", token_sent=True)
-        subject: str = claims["sub"]
-        return subject
+        return claims
 
     def issue(self, user_id: str, lifetime: timedelta) -> str:
         """A token for `user_id`, signed with the shared secret (HS256 mode only)."""

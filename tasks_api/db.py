@@ -5,16 +5,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
+import psycopg
 from flask import Flask, current_app, g
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import Connection, Engine, NullPool, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.dml import UpdateBase
 
 from .config import Settings, masked
 
@@ -126,6 +129,86 @@ def read(query: Callable[[Connection], T]) -> T:
         log.info("database connection lost; retrying the read on a fresh one")
         _release_connection(None)
         return query(connection())
+
+
+class Query:
+    """A statement built once and run many times, with its parameters by name.
+
+    On PostgreSQL its SQL is compiled once and runs on the pooled psycopg connection
+    itself. SQLAlchemy's per-execution work (cache key, execution context, result
+    objects) cost more than the database did: a GET by id took ~210 us through
+    `Connection.execute` and ~145 us on psycopg, round trip included. Errors are turned
+    back into SQLAlchemy's, lost connections invalidated as SQLAlchemy would, so the rest
+    of the app sees one kind. On SQLite (embedded mode) it runs through SQLAlchemy, whose
+    column types turn the stored text back into UUIDs and aware datetimes.
+    """
+
+    def __init__(self, statement: Select[Any] | UpdateBase) -> None:
+        self.statement = statement
+        self._sql: str | None = None
+        self._constants: dict[str, Any] = {}  # values bound at build time (`version + 1`)
+        self._names: list[str] | None = None  # of the result's columns
+
+    def rows(self, conn: Connection, **params: Any) -> Sequence[Mapping[str, Any]]:
+        if conn.dialect.name != "postgresql":
+            return [*conn.execute(self.statement, params).mappings()]
+        with self._cursor(conn, params) as cursor:
+            return cursor.fetchall()
+
+    def row(self, conn: Connection, **params: Any) -> Mapping[str, Any] | None:
+        rows = self.rows(conn, **params)
+        return rows[0] if rows else None
+
+    def rowcount(self, conn: Connection, **params: Any) -> int:
+        if conn.dialect.name != "postgresql":
+            return conn.execute(self.statement, params).rowcount
+        with self._cursor(conn, params) as cursor:
+            return cursor.rowcount
+
+    def _cursor(self, conn: Connection, params: dict[str, Any]) -> psycopg.Cursor[dict[str, Any]]:
+        if self._sql is None:
+            compiled = self.statement.compile(dialect=conn.dialect)
+            self._constants = {
+                compiled.bind_names[bind]: bind.value
+                for bind in compiled.binds.values()
+                if not bind.required
+            }
+            self._sql = str(compiled)
+        driver: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
+        cursor = driver.cursor(row_factory=self._dict_rows)
+        try:
+            cursor.execute(self._sql, {**self._constants, **params})
+        except psycopg.Error as error:
+            cursor.close()
+            raise _translated(conn, error, self._sql) from error
+        return cursor
+
+    def _dict_rows(self, cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], dict[str, Any]]:
+        # psycopg's dict_row, but naming the columns once rather than on every execution.
+        names = self._names
+        if names is None:
+            names = self._names = [column.name for column in cursor.description or ()]
+        return lambda values: dict(zip(names, values, strict=True))
+
+
+def _translated(conn: Connection, error: psycopg.Error, sql: str) -> DBAPIError:
+    """The error SQLAlchemy would have raised, with its handling of a lost connection:
+    this connection is dropped, and so is every other pooled one made before it."""
+    lost = conn.dialect.is_disconnect(error, conn.connection.driver_connection, None)  # type: ignore[arg-type]
+    if lost:
+        conn.invalidate(error)
+        conn.engine.dispose(close=False)
+    wrapped = DBAPIError.instance(
+        sql,
+        None,
+        error,
+        psycopg.Error,
+        hide_parameters=True,
+        connection_invalidated=lost,
+        dialect=conn.dialect,
+    )
+    assert isinstance(wrapped, DBAPIError)  # a psycopg.Error always becomes one
+    return wrapped
 
 
 def ping() -> None:

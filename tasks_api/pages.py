@@ -16,7 +16,6 @@ from typing import Any
 
 from flask import current_app, url_for
 from itsdangerous import BadData, URLSafeSerializer
-from sqlalchemy.engine import RowMapping
 
 from . import errors
 
@@ -48,7 +47,7 @@ def start_after(user_id: str, args: Mapping[str, Any]) -> tuple[Any, uuid.UUID] 
         errors.validation_failed({"cursor": ["Not a cursor of this list; start without one."]})
 
 
-def next_link(user_id: str, args: Mapping[str, Any], page: Sequence[RowMapping]) -> str:
+def next_link(user_id: str, args: Mapping[str, Any], page: Sequence[Mapping[str, Any]]) -> str:
     """The `Link` header value pointing at the page after `page`."""
     last = page[-1]
     key = last["sort_key"]
@@ -72,6 +71,10 @@ def _scope(user_id: str, args: Mapping[str, Any]) -> str:
     return hashlib.sha256(scope.encode()).hexdigest()[:16]
 
 
-def _serializer() -> URLSafeSerializer:
-    secret_key: str = current_app.config["SECRET_KEY"]
+def serializer(secret_key: str) -> URLSafeSerializer:
     return URLSafeSerializer(secret_key, salt=_SALT)
+
+
+def _serializer() -> URLSafeSerializer:
+    signer: URLSafeSerializer = current_app.extensions["tasks_api.cursor_serializer"]
+    return signer

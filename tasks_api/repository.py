@@ -1,14 +1,15 @@
 """Every SQL statement about tasks: one statement per operation, atomic in the database.
 
-Functions take the request's connection (autocommit) and return rows as mappings; they
-know nothing of HTTP or JSON.
+Statements are built once (a few variants per operation, cached) and run as `db.Query`s
+with their values as parameters. Functions take the request's connection (autocommit)
+and return rows as mappings; they know nothing of HTTP or JSON.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import uuid
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -20,9 +21,9 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    false,
     func,
     insert,
-    literal,
     not_,
     null,
     or_,
@@ -32,13 +33,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import RowMapping
 
+from .db import Query
 from .models import IdempotencyKey, Task, UTCDateTime
 
 TASKS = cast(Table, Task.__table__)
 COLUMNS = tuple(TASKS.c)
-
+Row = Mapping[str, Any]
 
 # Each list sort: the key it orders by (ties broken by id), and whether descending.
 # Each has an index on (user_id, key, id), so a page is a range scan of that index.
@@ -50,6 +51,7 @@ SORT_KEYS: dict[str, tuple[ColumnElement[Any], bool]] = {
     "title": (func.lower(TASKS.c.title), False),
     "-title": (func.lower(TASKS.c.title), True),
 }
+LIKE_ESCAPE = "/"
 
 
 def list_tasks(
@@ -61,37 +63,58 @@ def list_tasks(
     q: str | None = None,
     limit: int,
     after: tuple[Any, uuid.UUID] | None = None,
-) -> Sequence[RowMapping]:
+) -> Sequence[Row]:
     """One page of the user's tasks in `sort` order, starting past the row `after`.
 
     `after` is the (`sort_key`, `id`) of the previous page's last row; every row comes
     with its `sort_key`. Keyset paging: a page costs the same at any depth, and rows
     added or removed meanwhile never shift the others.
     """
-    key, descending = SORT_KEYS[sort]
-    stmt = select(*COLUMNS, key.label("sort_key")).where(TASKS.c.user_id == user_id)
+    params: dict[str, Any] = {"owner": user_id, "limit": limit}
     if completed is not None:
-        stmt = stmt.where(TASKS.c.completed == completed)
+        params["completed"] = completed
     if q is not None:
+        params["pattern"] = "%" + _escape_like(q) + "%"
+    if after is not None:
+        params["after_key"], params["after_id"] = after
+    query = list_query(sort, completed is not None, q is not None, after is not None)
+    return query.rows(conn, **params)
+
+
+@functools.cache
+def list_query(sort: str, by_completed: bool, by_text: bool, after: bool) -> Query:
+    """The list statement for one sort and set of filters (at most 48 of them)."""
+    key, descending = SORT_KEYS[sort]
+    stmt = select(*COLUMNS, key.label("sort_key")).where(TASKS.c.user_id == bindparam("owner"))
+    if by_completed:
+        stmt = stmt.where(TASKS.c.completed == bindparam("completed"))
+    if by_text:
+        pattern = bindparam("pattern", type_=TASKS.c.title.type)
         stmt = stmt.where(
             or_(
-                TASKS.c.title.icontains(q, autoescape=True),
-                TASKS.c.description.icontains(q, autoescape=True),
+                TASKS.c.title.ilike(pattern, escape=LIKE_ESCAPE),
+                TASKS.c.description.ilike(pattern, escape=LIKE_ESCAPE),
             )
         )
-    if after is not None:
+    if after:
         position = tuple_(key, TASKS.c.id)
         bound = tuple_(
-            bindparam(None, after[0], type_=key.type),
-            bindparam(None, after[1], type_=TASKS.c.id.type),
+            bindparam("after_key", type_=key.type), bindparam("after_id", type_=TASKS.c.id.type)
         )
         stmt = stmt.where(position < bound if descending else position > bound)
     order = (key.desc(), TASKS.c.id.desc()) if descending else (key.asc(), TASKS.c.id.asc())
-    return conn.execute(stmt.order_by(*order).limit(limit)).mappings().all()
+    return Query(stmt.order_by(*order).limit(bindparam("limit")))
 
 
-def get_task(conn: Connection, *, user_id: str, task_id: uuid.UUID) -> RowMapping | None:
-    return conn.execute(select(*COLUMNS).where(*_owned(user_id, task_id))).mappings().first()
+def _escape_like(text: str) -> str:
+    """`text` matched literally inside a LIKE pattern."""
+    for char in (LIKE_ESCAPE, "%", "_"):
+        text = text.replace(char, LIKE_ESCAPE + char)
+    return text
+
+
+def get_task(conn: Connection, *, user_id: str, task_id: uuid.UUID) -> Row | None:
+    return _GET.row(conn, owner=user_id, task_id=task_id)
 
 
 def new_task(
@@ -112,8 +135,11 @@ def new_task(
     }
 
 
-def create_task(conn: Connection, task: Mapping[str, Any]) -> RowMapping:
-    return conn.execute(insert(TASKS).values(task).returning(*COLUMNS)).mappings().one()
+def create_task(conn: Connection, task: Row) -> Row:
+    """Insert `task` (from `new_task`) and return it: every value in it is already the
+    stored one, so there is nothing to read back."""
+    _INSERT.rowcount(conn, **task)
+    return task
 
 
 def update_task(
@@ -123,26 +149,17 @@ def update_task(
     task_id: uuid.UUID,
     changes: Mapping[str, Any],
     versions: Collection[int] | None = None,
-) -> RowMapping | None:
+) -> Row | None:
     """Apply `changes` (title, description, completed); None if the user has no such task,
     or, when `versions` is given (If-Match), its version is none of them.
 
     `version` and `updated_at` move only when a value really differs, so repeating
     an update changes nothing.
     """
-    now = _timestamp(_now())
-    changed = or_(*(TASKS.c[name].is_distinct_from(value) for name, value in changes.items()))
-    values: dict[str, Any] = dict(changes)
-    if "completed" in changes:
-        values["completed_at"] = (
-            func.coalesce(TASKS.c.completed_at, now) if changes["completed"] else None
-        )
-    values["updated_at"] = case((changed, now), else_=TASKS.c.updated_at)
-    values["version"] = TASKS.c.version + case((changed, 1), else_=0)
-    stmt = (
-        update(TASKS).where(*_owned(user_id, task_id, versions)).values(values).returning(*COLUMNS)
+    query = _update_query(tuple(sorted(changes)), _arity(versions))
+    return query.row(
+        conn, **changes, **_if_match(versions), owner=user_id, task_id=task_id, now=_now()
     )
-    return conn.execute(stmt).mappings().first()
 
 
 def set_completed(
@@ -152,7 +169,7 @@ def set_completed(
     task_id: uuid.UUID,
     completed: bool | None,
     versions: Collection[int] | None = None,
-) -> RowMapping | None:
+) -> Row | None:
     """Set `completed`, or flip it when `completed` is None; None if no such task.
 
     The flip reads the current value inside the UPDATE, so concurrent toggles
@@ -166,19 +183,9 @@ def set_completed(
             changes={"completed": completed},
             versions=versions,
         )
-    now = _timestamp(_now())
-    stmt = (
-        update(TASKS)
-        .where(*_owned(user_id, task_id, versions))
-        .values(
-            completed=not_(TASKS.c.completed),
-            completed_at=case((TASKS.c.completed, null()), else_=now),
-            updated_at=now,
-            version=TASKS.c.version + 1,
-        )
-        .returning(*COLUMNS)
+    return _toggle_query(_arity(versions)).row(
+        conn, **_if_match(versions), owner=user_id, task_id=task_id, now=_now()
     )
-    return conn.execute(stmt).mappings().first()
 
 
 def delete_task(
@@ -189,33 +196,87 @@ def delete_task(
     versions: Collection[int] | None = None,
 ) -> bool:
     """Delete the task; False if the user has no such task (at one of `versions`)."""
-    result = conn.execute(delete(TASKS).where(*_owned(user_id, task_id, versions)))
-    return result.rowcount == 1
+    query = _delete_query(_arity(versions))
+    return query.rowcount(conn, **_if_match(versions), owner=user_id, task_id=task_id) == 1
 
 
 def task_version(conn: Connection, *, user_id: str, task_id: uuid.UUID) -> int | None:
     """The task's version; asked only after a conditional write matched nothing."""
-    stmt = select(TASKS.c.version).where(*_owned(user_id, task_id))
-    version: int | None = conn.execute(stmt).scalar()
-    return version
+    row = _VERSION.row(conn, owner=user_id, task_id=task_id)
+    return None if row is None else int(row["version"])
 
 
-def _owned(
-    user_id: str, task_id: uuid.UUID, versions: Collection[int] | None = None
-) -> tuple[ColumnElement[bool], ...]:
-    # Another user's task is indistinguishable from a missing one. With `versions`, the
-    # If-Match check happens in the same statement as the write: no lost update.
-    owned = (TASKS.c.id == task_id, TASKS.c.user_id == user_id)
-    return owned if versions is None else (*owned, TASKS.c.version.in_(versions))
+def _owned(if_match: int | None = None) -> tuple[ColumnElement[bool], ...]:
+    # Another user's task is indistinguishable from a missing one. With If-Match, the
+    # version check happens in the same statement as the write: no lost update.
+    owned = (TASKS.c.id == bindparam("task_id"), TASKS.c.user_id == bindparam("owner"))
+    if if_match is None:
+        return owned
+    if if_match == 0:  # only weak or foreign tags: no version matches
+        return (*owned, false())
+    return (*owned, TASKS.c.version.in_([bindparam(f"if_match_{i}") for i in range(if_match)]))
+
+
+def _arity(versions: Collection[int] | None) -> int | None:
+    return None if versions is None else len(versions)
+
+
+def _if_match(versions: Collection[int] | None) -> dict[str, int]:
+    return {f"if_match_{i}": version for i, version in enumerate(versions or ())}
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _timestamp(value: datetime) -> ColumnElement[datetime]:
+def _timestamp(name: str) -> ColumnElement[datetime]:
     # Typed, so SQLite stores it in the same form as the column's own values.
-    return literal(value, UTCDateTime())
+    return bindparam(name, type_=UTCDateTime())
+
+
+_GET = Query(select(*COLUMNS).where(*_owned()))
+_VERSION = Query(select(TASKS.c.version).where(*_owned()))
+_INSERT_STATEMENT = insert(TASKS).values({c.key: bindparam(c.key, type_=c.type) for c in COLUMNS})
+_INSERT = Query(_INSERT_STATEMENT)
+
+
+# Variants by the fields changed and the number of If-Match versions; bounded, since
+# clients choose the latter.
+@functools.lru_cache(maxsize=64)
+def _update_query(fields: tuple[str, ...], if_match: int | None) -> Query:
+    now = _timestamp("now")
+    new = {name: bindparam(name, type_=TASKS.c[name].type) for name in fields}
+    changed = or_(*(TASKS.c[name].is_distinct_from(value) for name, value in new.items()))
+    values: dict[str, Any] = dict(new)
+    if "completed" in new:
+        values["completed_at"] = case(
+            (new["completed"], func.coalesce(TASKS.c.completed_at, now)), else_=null()
+        )
+    values["updated_at"] = case((changed, now), else_=TASKS.c.updated_at)
+    values["version"] = TASKS.c.version + case((changed, 1), else_=0)
+    return Query(update(TASKS).where(*_owned(if_match)).values(values).returning(*COLUMNS))
+
+
+@functools.lru_cache(maxsize=16)
+def _toggle_query(if_match: int | None) -> Query:
+    now = _timestamp("now")
+    stmt = (
+        update(TASKS)
+        .where(*_owned(if_match))
+        .values(
+            completed=not_(TASKS.c.completed),
+            completed_at=case((TASKS.c.completed, null()), else_=now),
+            updated_at=now,
+            version=TASKS.c.version + 1,
+        )
+        .returning(*COLUMNS)
+    )
+    return Query(stmt)
+
+
+@functools.lru_cache(maxsize=16)
+def _delete_query(if_match: int | None) -> Query:
+    return Query(delete(TASKS).where(*_owned(if_match)))
 
 
 # --- idempotency keys ------------------------------------------------------------------
@@ -233,9 +294,26 @@ def claim_key(conn: Connection, *, user_id: str, key: str, request_hash: str) ->
     request was abandoned in flight.
     """
     now = _now()
-    dialect_insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    claimed = _claim_query(conn.dialect.name).row(
+        conn,
+        user_id=user_id,
+        key=key,
+        request_hash=request_hash,
+        now=now,
+        expired_before=now - KEY_LIFETIME,
+        abandoned_before=now - CLAIM_TIMEOUT,
+    )
+    return claimed is not None
+
+
+@functools.cache
+def _claim_query(dialect: str) -> Query:
+    dialect_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     stmt = dialect_insert(KEYS).values(
-        user_id=user_id, key=key, request_hash=request_hash, created_at=now
+        user_id=bindparam("user_id"),
+        key=bindparam("key"),
+        request_hash=bindparam("request_hash"),
+        created_at=_timestamp("now"),
     )
     stmt = stmt.on_conflict_do_update(
         index_elements=[KEYS.c.user_id, KEYS.c.key],
@@ -247,56 +325,60 @@ def claim_key(conn: Connection, *, user_id: str, key: str, request_hash: str) ->
             "response": None,
         },
         where=or_(
-            KEYS.c.created_at < _timestamp(now - KEY_LIFETIME),
-            and_(KEYS.c.status.is_(None), KEYS.c.created_at < _timestamp(now - CLAIM_TIMEOUT)),
+            KEYS.c.created_at < _timestamp("expired_before"),
+            and_(KEYS.c.status.is_(None), KEYS.c.created_at < _timestamp("abandoned_before")),
         ),
     )
-    return conn.execute(stmt.returning(KEYS.c.key)).first() is not None
+    return Query(stmt.returning(KEYS.c.key))
 
 
-def key_record(conn: Connection, *, user_id: str, key: str) -> RowMapping | None:
-    stmt = select(KEYS).where(KEYS.c.user_id == user_id, KEYS.c.key == key)
-    return conn.execute(stmt).mappings().first()
+def key_record(conn: Connection, *, user_id: str, key: str) -> Row | None:
+    return _KEY_RECORD.row(conn, owner=user_id, key_name=key)
 
 
 def create_task_for_key(
-    conn: Connection, task: Mapping[str, Any], *, key: str, status: int, response: str
+    conn: Connection, task: Row, *, key: str, status: int, response: str
 ) -> None:
     """Create `task` and record the response under its claimed key, atomically."""
-    record = (
-        update(KEYS)
-        .where(KEYS.c.user_id == task["user_id"], KEYS.c.key == key)
-        .values(status=status, task_id=task["id"], response=response)
-    )
+    params = {**task, "owner": task["user_id"], "key_name": key, "status": status}
+    params["response"] = response
     if conn.dialect.name == "postgresql":
         # One statement, one round trip: a data-modifying CTE runs to completion.
-        conn.execute(record.add_cte(insert(TASKS).values(task).cte("created")))
+        _CREATE_FOR_KEY.rowcount(conn, **params)
         return
-    with _sqlite_transaction(conn):
-        conn.execute(insert(TASKS).values(task))
-        conn.execute(record)
-
-
-def release_key(conn: Connection, *, user_id: str, key: str) -> None:
-    """Drop an in-flight claim whose create failed, so a retry can run."""
-    conn.execute(
-        delete(KEYS).where(KEYS.c.user_id == user_id, KEYS.c.key == key, KEYS.c.status.is_(None))
-    )
-
-
-def purge_keys(conn: Connection) -> int:
-    """Delete the keys older than their 24 hours; return how many."""
-    result = conn.execute(delete(KEYS).where(KEYS.c.created_at < _timestamp(_now() - KEY_LIFETIME)))
-    return result.rowcount
-
-
-@contextlib.contextmanager
-def _sqlite_transaction(conn: Connection) -> Iterator[None]:
-    # The engine autocommits each statement; SQLite takes an explicit BEGIN as is.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    conn.exec_driver_sql("BEGIN IMMEDIATE")  # the engine autocommits; SQLite takes it as is
     try:
-        yield
+        _INSERT.rowcount(conn, **task)
+        _RECORD.rowcount(conn, **params)
     except BaseException:
         conn.exec_driver_sql("ROLLBACK")
         raise
     conn.exec_driver_sql("COMMIT")
+
+
+def release_key(conn: Connection, *, user_id: str, key: str) -> None:
+    """Drop an in-flight claim whose create failed, so a retry can run."""
+    _RELEASE.rowcount(conn, owner=user_id, key_name=key)
+
+
+def purge_keys(conn: Connection) -> int:
+    """Delete the keys older than their 24 hours; return how many."""
+    return _PURGE.rowcount(conn, expired_before=_now() - KEY_LIFETIME)
+
+
+# Not named after the columns: SQLAlchemy keeps those names for the values.
+_KEY = (KEYS.c.user_id == bindparam("owner"), KEYS.c.key == bindparam("key_name"))
+_KEY_RECORD = Query(select(KEYS).where(*_KEY))
+_RECORD_STATEMENT = (
+    update(KEYS)
+    .where(*_KEY)
+    .values(
+        status=bindparam("status"),
+        task_id=bindparam("id", type_=TASKS.c.id.type),
+        response=bindparam("response"),
+    )
+)
+_RECORD = Query(_RECORD_STATEMENT)
+_CREATE_FOR_KEY = Query(_RECORD_STATEMENT.add_cte(_INSERT_STATEMENT.cte("created")))
+_RELEASE = Query(delete(KEYS).where(*_KEY, KEYS.c.status.is_(None)))
+_PURGE = Query(delete(KEYS).where(KEYS.c.created_at < _timestamp("expired_before")))

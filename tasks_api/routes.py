@@ -14,12 +14,12 @@ import flask_smorest
 import marshmallow as ma
 from flask import Response, current_app, request, url_for
 from flask.views import MethodView
-from sqlalchemy.engine import RowMapping
 from webargs.core import is_json, missing
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from . import auth, db, errors, pages, repository
+from .repository import Row
 from .schemas import (
     USER_ID,
     USER_ID_PATTERN,
@@ -31,6 +31,7 @@ from .schemas import (
     TaskQueryArgsSchema,
     TaskSchema,
     TaskUpdateSchema,
+    dump_task,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -159,21 +160,34 @@ ETAG_HEADER = {
         "schema": {"type": "string", "example": '"3"'},
     }
 }
-_TASK_SCHEMA = TaskSchema()
 _VERSION_TAG = re.compile(r"[0-9]{1,9}")
 
 
-def _found(task: RowMapping | None) -> RowMapping:
+def _found(task: Row | None) -> Row:
     if task is None:
         errors.task_not_found()
     return task
 
 
-def _task_headers(task: Mapping[Any, Any], *, created: bool = False) -> dict[str, str]:
+def _task_headers(task: Row, *, created: bool = False) -> dict[str, str]:
     headers = {"ETag": f'"{task["version"]}"'}
     if created:
         headers["Location"] = url_for(".TaskById", user_id=task["user_id"], task_id=task["id"])
     return headers
+
+
+def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """A JSON response, encoded here: views return these, so flask-smorest passes them
+    through instead of dumping with the schema it documents (see `dump_task`)."""
+    response = cast(Response, current_app.json.response(body))
+    response.status_code = status
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def _task_response(task: Row, status: int = 200, *, created: bool = False) -> Response:
+    return _json(dump_task(task), status, _task_headers(task, created=created))
 
 
 def _if_match() -> frozenset[int] | None:
@@ -191,12 +205,10 @@ def _sent_if_match() -> bool:
     return bool(request.headers.get("If-Match", "").strip())
 
 
-def _written(
-    task: RowMapping | None, user_id: str, task_id: UUID
-) -> tuple[RowMapping, dict[str, str]]:
+def _written(task: Row | None, user_id: str, task_id: UUID) -> Response:
     """The response to a write; when it matched nothing, tell 404 from 412."""
     if task is not None:
-        return task, _task_headers(task)
+        return _task_response(task)
     if _sent_if_match():
         # Only on this failure path: a second query, to say why.
         version = repository.task_version(db.connection(), user_id=user_id, task_id=task_id)
@@ -214,7 +226,7 @@ def _create_once(task: dict[str, Any], key: str, fingerprint: str) -> Response:
     conn, user_id = db.connection(), task["user_id"]
     if repository.claim_key(conn, user_id=user_id, key=key, request_hash=fingerprint):
         # The bytes a create without a key would send, kept for the replays.
-        response = cast(Response, current_app.json.response(_TASK_SCHEMA.dump(task)))
+        response = _task_response(task, 201, created=True)
         try:
             repository.create_task_for_key(
                 conn, task, key=key, status=201, response=response.get_data(as_text=True)
@@ -223,8 +235,6 @@ def _create_once(task: dict[str, Any], key: str, fingerprint: str) -> Response:
             with contextlib.suppress(Exception):
                 repository.release_key(conn, user_id=user_id, key=key)
             raise
-        response.status_code = 201
-        response.headers.update(_task_headers(task, created=True))
         return response
     record = repository.key_record(conn, user_id=user_id, key=key)
     if record is None or record["status"] is None:
@@ -263,9 +273,7 @@ class Tasks(MethodView):
             }
         },
     )
-    def get(
-        self, args: dict[str, Any], user_id: str
-    ) -> tuple[Sequence[RowMapping], dict[str, str]]:
+    def get(self, args: dict[str, Any], user_id: str) -> Response:
         """List a user's tasks
 
         Newest first unless `sort` says otherwise, one page at a time: follow the
@@ -285,7 +293,7 @@ class Tasks(MethodView):
         )
         page = rows[:limit]
         headers = {"Link": pages.next_link(user_id, args, page)} if len(rows) > limit else {}
-        return page, headers
+        return _json([dump_task(task) for task in page], headers=headers)
 
     @operation("createTask", 400, 401, 403, 409, 413, 415, 422, 503)
     @tasks.arguments(IdempotencyHeadersSchema, location="headers")
@@ -308,9 +316,7 @@ class Tasks(MethodView):
             },
         },
     )
-    def post(
-        self, headers: dict[str, Any], fields: dict[str, Any], user_id: str
-    ) -> tuple[RowMapping, dict[str, str]] | Response:
+    def post(self, headers: dict[str, Any], fields: dict[str, Any], user_id: str) -> Response:
         """Create a task
 
         With an `Idempotency-Key`, a repeat of the request within 24 hours returns the
@@ -321,7 +327,7 @@ class Tasks(MethodView):
         key = headers.get("idempotency_key")
         if key is None:
             created = repository.create_task(db.connection(), task)
-            return created, _task_headers(created, created=True)
+            return _task_response(created, 201, created=True)
         return _create_once(task, key, _fingerprint(fields))
 
 
@@ -340,7 +346,7 @@ class TaskById(MethodView):
 
     @operation("getTask", 304, 401, 403, 404, 422, 503, headers=("IfNoneMatch",))
     @tasks.response(200, TaskSchema, description="The task.", headers=ETAG_HEADER)
-    def get(self, user_id: str, task_id: UUID) -> tuple[RowMapping, dict[str, str]] | Response:
+    def get(self, user_id: str, task_id: UUID) -> Response:
         """Get a task
 
         With `If-None-Match` naming the current version, answers 304 with no body.
@@ -348,17 +354,14 @@ class TaskById(MethodView):
         task = _found(
             db.read(lambda conn: repository.get_task(conn, user_id=user_id, task_id=task_id))
         )
-        headers = _task_headers(task)
-        if request.if_none_match.contains_weak(headers["ETag"].strip('"')):
-            return Response(status=304, headers=headers)
-        return task, headers
+        if request.if_none_match.contains_weak(str(task["version"])):
+            return Response(status=304, headers=_task_headers(task))
+        return _task_response(task)
 
     @operation("updateTask", 400, 401, 403, 404, 412, 413, 415, 422, 503, headers=("IfMatch",))
     @tasks.arguments(TaskUpdateSchema)
     @tasks.response(200, TaskSchema, description="The task as updated.", headers=ETAG_HEADER)
-    def put(
-        self, changes: dict[str, Any], user_id: str, task_id: UUID
-    ) -> tuple[RowMapping, dict[str, str]]:
+    def put(self, changes: dict[str, Any], user_id: str, task_id: UUID) -> Response:
         """Update a task's fields
 
         Only the fields present in the body change; send at least one. With `If-Match`,
@@ -392,9 +395,7 @@ class TaskCompletion(MethodView):
     )
     @tasks.arguments(TaskCompletionSchema, required=False)
     @tasks.response(200, TaskSchema, description="The task as updated.", headers=ETAG_HEADER)
-    def patch(
-        self, body: dict[str, Any], user_id: str, task_id: UUID
-    ) -> tuple[RowMapping, dict[str, str]]:
+    def patch(self, body: dict[str, Any], user_id: str, task_id: UUID) -> Response:
         """Toggle a task's completion, or set it
 
         With no body (or `{}`), flips `completed`. With `{"completed": true|false}`,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import http.client
 import os
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -96,6 +98,66 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class RoundTripCounter:
+    """A TCP proxy to PostgreSQL that counts round trips: each time the database answers
+    after the app has spoken. What the network between them would see.
+    """
+
+    def __init__(self, upstream: URL) -> None:
+        self.upstream = (upstream.host or "127.0.0.1", upstream.port or 5432)
+        self.round_trips = 0
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, url: URL) -> URL:
+        return url.set(host="127.0.0.1", port=self.port)
+
+    def count(self) -> int:
+        with self._lock:
+            return self.round_trips
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            server = socket.create_connection(self.upstream)
+            # [the app has spoken since the database last answered, pipes still running]
+            state = [False, 2]
+            with self._lock:
+                self.connections += 1
+            for args in ((client, server, state, True), (server, client, state, False)):
+                threading.Thread(target=self._pipe, args=args, daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, state: list[Any], up: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                with self._lock:
+                    if up:
+                        state[0] = True
+                    elif state[0]:
+                        state[0] = False
+                        self.round_trips += 1
+                dst.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+        with self._lock:
+            state[1] -= 1
+            last = state[1] == 0
+        if last:
+            src.close()
+            dst.close()
+
+    def close(self) -> None:
+        self._listener.close()
 
 
 def start_gunicorn(env: dict[str, str], port: int, log: Any) -> subprocess.Popen[bytes]:

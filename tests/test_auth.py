@@ -23,7 +23,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from tasks_api import create_app
+from tasks_api import auth, create_app
 from tasks_api.config import Settings
 from tests.support import REQUIRED, SECRET, assert_problem, token_for
 
@@ -337,6 +337,50 @@ def test_invalid_hs256_tokens_are_401(client: FlaskClient, token: str) -> None:
 
     problem = assert_refused(response)
     assert token not in json.dumps(problem) or not token
+
+
+def test_a_token_accepted_once_is_refused_after_it_expires(
+    client: FlaskClient, tasks_url: str, user_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Verified tokens are remembered; never past their `exp` (here with no leeway).
+    monkeypatch.setattr(auth, "LEEWAY_SECONDS", 0)
+    token = token_for(user_id, lifetime=2)
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get(tasks_url, headers=headers).status_code == 200
+    assert client.get(tasks_url, headers=headers).status_code == 200
+
+    time.sleep(2.5)
+
+    assert_refused(client.get(tasks_url, headers=headers))
+    assert client.post(tasks_url, json={"title": "late"}, headers=headers).status_code == 401
+
+
+def test_a_remembered_token_still_opens_only_its_own_users_tasks(
+    client: FlaskClient, tasks_url: str, user_id: str
+) -> None:
+    headers = {"Authorization": f"Bearer {token_for(user_id)}"}
+    assert client.get(tasks_url, headers=headers).status_code == 200
+
+    response = client.get("/api/someone-else/tasks", headers=headers)
+
+    assert_problem(response, 403)
+
+
+def test_a_tampered_copy_of_a_remembered_token_is_refused(
+    client: FlaskClient, tasks_url: str, user_id: str
+) -> None:
+    token = token_for(user_id)
+    assert client.get(tasks_url, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    forged_payload = base64.urlsafe_b64encode(
+        json.dumps({**claims, "sub": "mallory"}).encode()
+    ).rstrip(b"=")
+    forged = f"{header}.{forged_payload.decode()}.{signature}"
+
+    response = client.get("/api/mallory/tasks", headers={"Authorization": f"Bearer {forged}"})
+
+    assert_refused(response)
 
 
 @pytest.mark.parametrize("header", [None, "Basic YWxpY2U6c2VjcmV0", "Token abc", "alice"])

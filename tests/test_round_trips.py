@@ -1,0 +1,172 @@
+"""Database round trips per request, counted on the wire by a proxy between the app and
+PostgreSQL: one per endpoint (two for a create under an Idempotency-Key).
+
+SQLite is in-process, so only PostgreSQL is counted (directly; the PgBouncer backend
+runs the same statements).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+
+from tasks_api import create_app, db
+from tasks_api.config import Settings
+from tests.support import BACKENDS, REQUIRED, RoundTripCounter, UserClient
+
+# psycopg prepares a statement on a connection after five executions of it (one extra round
+# trip, once); counts are taken after that, as a running server would be.
+WARM_UP = 8
+
+Counter = Callable[..., float]
+
+
+@pytest.fixture(scope="module")
+def proxy(request: pytest.FixtureRequest) -> Iterator[tuple[RoundTripCounter, URL]]:
+    if "postgresql" not in BACKENDS:
+        pytest.skip("TEST_DATABASES excludes postgresql")
+    url: URL = request.getfixturevalue("postgres_url")
+    counter = RoundTripCounter(url)
+    yield counter, counter.url(url)
+    counter.close()
+
+
+@pytest.fixture(scope="module")
+def counted_app(
+    proxy: tuple[RoundTripCounter, URL], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Flask]:
+    _, url = proxy
+    settings = Settings.from_env(
+        {**REQUIRED, "DATABASE_URL": url.render_as_string(hide_password=False)}
+    )
+    assert settings.migration_url is not None
+    db.upgrade(settings.migration_url)
+    app = create_app(settings, instance_path=str(tmp_path_factory.mktemp("instance")))
+    app.test_client_class = UserClient
+    yield app
+    app.extensions["tasks_api.engine"].dispose()
+
+
+@pytest.fixture
+def trips(
+    counted_app: Flask, proxy: tuple[RoundTripCounter, URL]
+) -> Iterator[Callable[..., float]]:
+    """trips(method, url_or_factory, **request_args): round trips per request, measured
+    over 5 requests after WARM_UP unmeasured ones. A factory gives each request its URL
+    and arguments (for deletes and fresh keys)."""
+    counter, _ = proxy
+    client = counted_app.test_client()
+
+    def measure(
+        method: str, target: str | Callable[[], tuple[str, dict[str, Any]]], **kw: Any
+    ) -> float:
+        def one() -> int:
+            url, args = target() if callable(target) else (target, kw)
+            before = counter.count()  # after the factory's own requests
+            response = client.open(url, method=method, **args)
+            assert response.status_code < 400, response.get_json()
+            return counter.count() - before
+
+        for _ in range(WARM_UP):
+            one()
+        connections = counter.connections
+        counted = [one() for _ in range(5)]
+        assert counter.connections == connections, "a connection was opened while counting"
+        return sum(counted) / len(counted)
+
+    yield measure
+
+
+@pytest.fixture
+def made(counted_app: Flask) -> Callable[[str], str]:
+    """made(user): the URL of a new task of `user`'s."""
+    client = counted_app.test_client()
+
+    def make(user: str) -> str:
+        task = client.post(f"/api/{user}/tasks", json={"title": "counted"}).get_json()
+        return f"/api/{user}/tasks/{task['id']}"
+
+    return make
+
+
+def test_reads_take_one_round_trip(trips: Counter, made: Callable[[str], str]) -> None:
+    user = f"user-{uuid.uuid4().hex}"
+    task_url = made(user)
+    for _ in range(25):
+        made(user)
+    assert trips("GET", task_url) == 1
+    assert trips("GET", f"/api/{user}/tasks?limit=20") == 1
+    assert trips("GET", f"/api/{user}/tasks?limit=3&sort=title&q=count&completed=false") == 1
+    assert trips("GET", "/health/ready") == 1
+    assert trips("GET", "/health") == 0
+
+
+def test_writes_take_one_round_trip(trips: Counter, made: Callable[[str], str]) -> None:
+    user = f"user-{uuid.uuid4().hex}"
+    task_url = made(user)
+    assert trips("POST", f"/api/{user}/tasks", json={"title": "counted"}) == 1
+    assert trips("PUT", task_url, json={"title": "renamed"}) == 1
+    assert trips("PATCH", f"{task_url}/complete") == 1
+    assert trips("PATCH", f"{task_url}/complete", json={"completed": True}) == 1
+    assert trips("DELETE", lambda: (made(user), {})) == 1
+
+
+def test_conditional_writes_take_one_round_trip(
+    trips: Counter, made: Callable[[str], str], counted_app: Flask
+) -> None:
+    user = f"user-{uuid.uuid4().hex}"
+    client = counted_app.test_client()
+
+    def current(url: str) -> dict[str, Any]:
+        return {"headers": {"If-Match": client.get(url).headers["ETag"]}}
+
+    def fresh() -> tuple[str, dict[str, Any]]:
+        url = made(user)
+        return url, current(url)
+
+    assert trips("PUT", lambda: (url := made(user), {**current(url), "json": {"title": "x"}})) == 1
+    assert trips("PATCH", lambda: ((url := made(user)) + "/complete", current(url))) == 1
+    assert trips("DELETE", fresh) == 1
+
+
+def test_a_stale_if_match_takes_a_second_round_trip_to_say_412(
+    counted_app: Flask, proxy: tuple[RoundTripCounter, URL], made: Callable[[str], str]
+) -> None:
+    counter, _ = proxy
+    client = counted_app.test_client()
+    task_url = made(f"user-{uuid.uuid4().hex}")
+    for _ in range(WARM_UP):
+        client.put(task_url, json={"title": "x"}, headers={"If-Match": '"999"'})
+    before = counter.count()
+    response = client.put(task_url, json={"title": "x"}, headers={"If-Match": '"999"'})
+    assert response.status_code == 412
+    assert counter.count() - before == 2
+
+
+def test_a_create_with_an_idempotency_key_takes_two(trips: Counter) -> None:
+    user = f"user-{uuid.uuid4().hex}"
+    url = f"/api/{user}/tasks"
+
+    def keyed() -> tuple[str, dict[str, Any]]:
+        return url, {"json": {"title": "once"}, "headers": {"Idempotency-Key": uuid.uuid4().hex}}
+
+    assert trips("POST", keyed) == 2
+    # A replay: the claim finds the key taken, then one read of the recorded response.
+    replayed = {"json": {"title": "once"}, "headers": {"Idempotency-Key": "replayed"}}
+    assert trips("POST", url, **replayed) == 2
+
+
+def test_the_counter_counts(counted_app: Flask, proxy: tuple[RoundTripCounter, URL]) -> None:
+    # Two statements on one checked-out connection are two round trips.
+    counter, _ = proxy
+    with counted_app.extensions["tasks_api.engine"].connect() as conn:
+        before = counter.count()
+        conn.execute(text("SELECT 1"))
+        conn.execute(text("SELECT 2"))
+        assert counter.count() - before == 2
