@@ -260,7 +260,7 @@ class Tasks(MethodView):
     init_every_request = False
 
     @operation("listTasks", 401, 403, 422, 503)
-    @tasks.arguments(TaskQueryArgsSchema, location="query")
+    @tasks.arguments(TaskQueryArgsSchema(), location="query")
     @tasks.response(
         200,
         TaskSchema(many=True),
@@ -296,8 +296,8 @@ class Tasks(MethodView):
         return _json([dump_task(task) for task in page], headers=headers)
 
     @operation("createTask", 400, 401, 403, 409, 413, 415, 422, 503)
-    @tasks.arguments(IdempotencyHeadersSchema, location="headers")
-    @tasks.arguments(TaskCreateSchema)
+    @tasks.arguments(IdempotencyHeadersSchema(), location="headers")
+    @tasks.arguments(TaskCreateSchema())
     @tasks.response(
         201,
         TaskSchema,
@@ -359,7 +359,7 @@ class TaskById(MethodView):
         return _task_response(task)
 
     @operation("updateTask", 400, 401, 403, 404, 412, 413, 415, 422, 503, headers=("IfMatch",))
-    @tasks.arguments(TaskUpdateSchema)
+    @tasks.arguments(TaskUpdateSchema())
     @tasks.response(200, TaskSchema, description="The task as updated.", headers=ETAG_HEADER)
     def put(self, changes: dict[str, Any], user_id: str, task_id: UUID) -> Response:
         """Update a task's fields
@@ -393,7 +393,7 @@ class TaskCompletion(MethodView):
     @operation(
         "toggleTaskCompletion", 400, 401, 403, 404, 412, 413, 415, 422, 503, headers=("IfMatch",)
     )
-    @tasks.arguments(TaskCompletionSchema, required=False)
+    @tasks.arguments(TaskCompletionSchema(), required=False)
     @tasks.response(200, TaskSchema, description="The task as updated.", headers=ETAG_HEADER)
     def patch(self, body: dict[str, Any], user_id: str, task_id: UUID) -> Response:
         """Toggle a task's completion, or set it
