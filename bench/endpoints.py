@@ -151,7 +151,6 @@ class Server:
                 "DATABASE_URL": database_url,
                 "AUTH_JWT_SECRET": SECRET,
                 "SECRET_KEY": secrets.token_urlsafe(32),
-                "LOG_LEVEL": "WARNING",
             }
             command = ["gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"]
         else:

@@ -68,10 +68,11 @@ def init_app(app: Flask) -> None:
 
 def request_id() -> str:
     """This request's id: the router's `X-Request-ID` when it is sane, else a new one."""
-    if "request_id" not in g:
-        sent = request.headers.get("X-Request-ID", "")
-        g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
-    rid: str = g.request_id
+    rid: str | None = g.get("request_id")
+    if rid is None:
+        # From the environ: the Headers view raises and catches a KeyError when absent.
+        sent = request.environ.get("HTTP_X_REQUEST_ID", "")
+        rid = g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
     return rid
 
 
@@ -82,20 +83,23 @@ def _start() -> None:
 def _finish(response: Response) -> Response:
     rid = request_id()
     response.headers["X-Request-ID"] = rid
-    started = g.get("started")
-    duration = round((time.perf_counter() - started) * 1000, 2) if started else None
-    route = request.url_rule.rule if request.url_rule is not None else "<no route>"
+    if not log.isEnabledFor(logging.INFO):
+        return response
+    duration = round((time.perf_counter() - g.started) * 1000, 2) if "started" in g else None
+    rule = request.url_rule
+    route = rule.rule if rule is not None else "<no route>"
+    method, status = request.method, response.status_code
     log.info(
         "%s %s %s %sms request_id=%s",
-        request.method,
+        method,
         route,
-        response.status_code,
+        status,
         duration,
         rid,
         extra={
-            "method": request.method,
+            "method": method,
             "route": route,
-            "status": response.status_code,
+            "status": status,
             "duration_ms": duration,
             "request_id": rid,
         },

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from uuid import UUID
 
 import flask_smorest
@@ -179,11 +179,9 @@ def _task_headers(task: Row, *, created: bool = False) -> dict[str, str]:
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     """A JSON response, encoded here: views return these, so flask-smorest passes them
     through instead of dumping with the schema it documents (see `dump_task`)."""
-    response = cast(Response, current_app.json.response(body))
-    response.status_code = status
-    if headers:
-        response.headers.update(headers)
-    return response
+    return current_app.response_class(
+        current_app.json.dumps(body), status, headers, mimetype="application/json"
+    )
 
 
 def _task_response(task: Row, status: int = 200, *, created: bool = False) -> Response:
