@@ -7,7 +7,9 @@ Installs wrk from Debian if missing, seeds a scratch PostgreSQL database, starts
 and loads each with wrk (2 threads, 16 connections; bench/tasks.lua) for GET one, list
 (20 tasks), create, update, toggle and delete, alternating the two apps over --rounds
 rounds. Prints req/s, p50, p99 and errors (median of the rounds) and the ratio to the
-baseline; then database round trips per request (through a counting TCP proxy, in the
+baseline, and the CPU time the workers spent per request (user + system, from /proc,
+for both apps: what the framework adds, steadier than req/s on a shared machine); then database
+round trips per request (through a counting TCP proxy, in the
 steady state: after a warm-up past psycopg's prepare on every worker's connection; any
 connection opened or extra round trip while counting is shown below the table), also for
 a create with an Idempotency-Key and its replay; p50 with 10 ms added each way between app
@@ -196,6 +198,15 @@ class Server:
             sizes.append(kib / 1024)
         return sizes
 
+    def worker_cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the workers (not the master)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        ticks = 0
+        for pid in children.read_text().split():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
@@ -229,6 +240,7 @@ def wrk(port: int, mode: str, targets: Path, seconds: int) -> dict[str, float]:
     ).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     return {
+        "requests": float(re.search(r"(\d+) requests in", output)[1]),  # type: ignore[index]
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1]),  # type: ignore[index]
         "p50": _ms(re.search(r"\s50%\s+([\d.]+\w+)", output)[1]),  # type: ignore[index]
         "p99": _ms(re.search(r"\s99%\s+([\d.]+\w+)", output)[1]),  # type: ignore[index]
@@ -258,7 +270,11 @@ def load(
                     if mode == "delete":
                         file = targets[f"doomed-{slice_number}"]
                         slice_number += 1
-                    results[kind][mode].append(wrk(server.port, mode, file, options.seconds))
+                    cpu = server.worker_cpu_seconds()
+                    result = wrk(server.port, mode, file, options.seconds)
+                    cpu = server.worker_cpu_seconds() - cpu
+                    result["cpu_us"] = cpu * 1e6 / result["requests"]
+                    results[kind][mode].append(result)
                 if kind == "app":
                     results["rss"].extend(server.worker_rss_mib())
             finally:
@@ -564,9 +580,9 @@ def report(results: dict[str, Any], extras: dict[str, Any], options: argparse.Na
     )
     print(
         "| endpoint | req/s | p50 ms | p99 ms | errors | baseline req/s | ratio "
-        "| DB round trips | p50 at 20 ms RTT (ms) |"
+        "| DB round trips | p50 at 20 ms RTT (ms) | worker CPU per request (baseline) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for mode in MODES:
         rps, base = med("app", mode, "rps"), med("baseline", mode, "rps")
         trips = extras["round trips"][mode].per_request
@@ -574,7 +590,8 @@ def report(results: dict[str, Any], extras: dict[str, Any], options: argparse.Na
         print(
             f"| {mode} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {med('app', mode, 'errors'):.0f} "
             f"| {base:.0f} | {rps / base:.2f}x | {trips:.2f} "
-            f"| {extras['p50 at 20 ms RTT'][mode]:.1f} |"
+            f"| {extras['p50 at 20 ms RTT'][mode]:.1f} "
+            f"| {med('app', mode, 'cpu_us'):.0f} us ({med('baseline', mode, 'cpu_us'):.0f} us) |"
         )
     print("\n" + "\n".join(round_trip_lines(extras["round trips"], extras["notes"])))
     rss = results["rss"]
