@@ -3,18 +3,18 @@
     python bench/endpoints.py [--seconds 5] [--rounds 3]
 
 Installs wrk from Debian if missing, seeds a scratch PostgreSQL database, starts tasks_api
-(gunicorn, 2 workers, as the Procfile does) and bench/baseline.py (gunicorn, 2 workers),
-and loads each with wrk (2 threads, 16 connections; bench/tasks.lua) for GET one, list
-(20 tasks), create, update, toggle and delete, alternating the two apps over --rounds
-rounds. Prints req/s, p50, p99 and errors (median of the rounds) and the ratio to the
-baseline, and the CPU time the workers spent per request (user + system, from /proc,
-for both apps: what the framework adds, steadier than req/s on a shared machine); then database
-round trips per request (through a counting TCP proxy, in the
-steady state: after a warm-up past psycopg's prepare on every worker's connection; any
-connection opened or extra round trip while counting is shown below the table), also for
-a create with an Idempotency-Key and its replay; p50 with 10 ms added each way between app
-and database (20 ms round trip), RSS per worker, and cold start (exec of the Procfile's web
-command to the first 200 from /health).
+(gunicorn, 2 workers, as the Procfile does), bench/baseline.py (bare WSGI) and
+bench/flask_baseline.py (plain Flask; both gunicorn, 2 workers, same SQL), and loads each
+with wrk (2 threads, 16 connections; bench/tasks.lua) for GET one, list (20 tasks),
+create, update, toggle and delete, alternating the apps over --rounds rounds. Prints
+req/s, p50, p99 and errors (median of the rounds) and the ratio to the baseline; database
+round trips per request (through a counting TCP proxy, in the steady state: after a
+warm-up past psycopg's prepare on every worker's connection; any connection opened or
+extra round trip while counting is shown below the table), also for a create with an
+Idempotency-Key and its replay; p50 with 10 ms added each way between app and database
+(20 ms round trip); plain Flask's ratio and each app's worker CPU time per request; RSS
+per worker, and cold start (exec of the Procfile's web command to the first 200 from
+/health).
 
 Everything runs on 127.0.0.1; the database is dropped afterwards.
 """
@@ -54,6 +54,7 @@ from tasks_api import db  # noqa: E402
 ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATABASE = "tasks_api_bench_endpoints"
 MODES = ["get", "list", "create", "update", "toggle", "delete"]
+KINDS = ("baseline", "flask", "app")  # the order of each round
 THREADS, CONNECTIONS = 2, 16
 SECRET = secrets.token_urlsafe(32)
 COUNTED, DELAYED = 50, 15  # requests per endpoint through the proxy: counted; at 20 ms RTT
@@ -113,7 +114,7 @@ def seed(url: str, work: Path, rounds: int) -> dict[str, Path]:
             "INSERT INTO tasks (id, user_id, title, completed, created_at, updated_at, version)"
             " SELECT gen_random_uuid(), 'doomed-' || (i %% 2000), 'Doomed ' || i, false,"
             " now(), now(), 1 FROM generate_series(1, %s) AS i",
-            [per_run * rounds * 2],
+            [per_run * rounds * len(KINDS)],
         )
         conn.execute("VACUUM ANALYZE tasks")
         rows = conn.execute("SELECT user_id, id FROM tasks ORDER BY user_id, id").fetchall()
@@ -124,7 +125,7 @@ def seed(url: str, work: Path, rounds: int) -> dict[str, Path]:
         (hot if user.startswith("user-") else doomed).append(line)
     files = {"hot": work / "hot.txt"}
     files["hot"].write_text("".join(hot))
-    for n in range(rounds * 2):  # one delete slice per (round, app)
+    for n in range(rounds * len(KINDS)):  # one delete slice per (round, app)
         files[f"doomed-{n}"] = work / f"doomed-{n}.txt"
         files[f"doomed-{n}"].write_text("".join(doomed[n * per_run : (n + 1) * per_run]))
     return files
@@ -143,7 +144,8 @@ def free_port() -> int:
 
 
 class Server:
-    """gunicorn with 2 workers: tasks_api as the Procfile runs it, or the baseline."""
+    """gunicorn with 2 workers: tasks_api as the Procfile runs it ("app"), the bare WSGI
+    baseline ("baseline") or plain Flask over the same SQL ("flask")."""
 
     def __init__(self, kind: str, database_url: str) -> None:
         self.port = free_port()
@@ -163,7 +165,7 @@ class Server:
                 "2",
                 "--bind",
                 f"127.0.0.1:{self.port}",
-                "bench.baseline:app",
+                "bench.flask_baseline:app" if kind == "flask" else "bench.baseline:app",
             ]
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
@@ -256,11 +258,11 @@ def _ms(value: str) -> float:
 def load(
     url: str, work: Path, targets: dict[str, Path], options: argparse.Namespace
 ) -> dict[str, Any]:
-    results: dict[str, Any] = {kind: {mode: [] for mode in MODES} for kind in ("app", "baseline")}
+    results: dict[str, Any] = {kind: {mode: [] for mode in MODES} for kind in KINDS}
     results["rss"], results["cold start"] = [], []
     slice_number = 0
     for _ in range(options.rounds):
-        for kind in ("baseline", "app"):
+        for kind in KINDS:
             server = Server(kind, url)
             if kind == "app":
                 results["cold start"].append(server.cold_start)
@@ -580,9 +582,9 @@ def report(results: dict[str, Any], extras: dict[str, Any], options: argparse.Na
     )
     print(
         "| endpoint | req/s | p50 ms | p99 ms | errors | baseline req/s | ratio "
-        "| DB round trips | p50 at 20 ms RTT (ms) | worker CPU per request (baseline) |"
+        "| DB round trips | p50 at 20 ms RTT (ms) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for mode in MODES:
         rps, base = med("app", mode, "rps"), med("baseline", mode, "rps")
         trips = extras["round trips"][mode].per_request
@@ -590,10 +592,26 @@ def report(results: dict[str, Any], extras: dict[str, Any], options: argparse.Na
         print(
             f"| {mode} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {med('app', mode, 'errors'):.0f} "
             f"| {base:.0f} | {rps / base:.2f}x | {trips:.2f} "
-            f"| {extras['p50 at 20 ms RTT'][mode]:.1f} "
-            f"| {med('app', mode, 'cpu_us'):.0f} us ({med('baseline', mode, 'cpu_us'):.0f} us) |"
+            f"| {extras['p50 at 20 ms RTT'][mode]:.1f} |"
         )
     print("\n" + "\n".join(round_trip_lines(extras["round trips"], extras["notes"])))
+    print(
+        "\nThe framework's share: plain Flask over the same pool and SQL "
+        "(bench/flask_baseline.py), and the workers' CPU time per request (user + system, "
+        "from /proc; steadier than req/s on a shared machine).\n"
+    )
+    print(
+        "| endpoint | baseline req/s | plain Flask req/s | ratio | tasks_api ratio "
+        "| worker CPU per request: baseline / plain Flask / tasks_api |"
+    )
+    print("|---|---|---|---|---|---|")
+    for mode in MODES:
+        base, flask = med("baseline", mode, "rps"), med("flask", mode, "rps")
+        cpu = " / ".join(f"{med(kind, mode, 'cpu_us'):.0f}" for kind in KINDS)
+        print(
+            f"| {mode} | {base:.0f} | {flask:.0f} | {flask / base:.2f}x "
+            f"| {med('app', mode, 'rps') / base:.2f}x | {cpu} us |"
+        )
     rss = results["rss"]
     print(f"\nRSS per worker after load: {min(rss):.0f}-{max(rss):.0f} MiB")
     print(
