@@ -340,8 +340,13 @@ def create_task_for_key(
     conn: Connection, task: Row, *, key: str, status: int, response: str
 ) -> None:
     """Create `task` and record the response under its claimed key, atomically."""
-    params = {**task, "owner": task["user_id"], "key_name": key, "status": status}
-    params["response"] = response
+    params = {
+        **task,
+        "owner": task["user_id"],
+        "key_name": key,
+        "status": status,
+        "response": response,
+    }
     if conn.dialect.name == "postgresql":
         # One statement, one round trip: a data-modifying CTE runs to completion.
         _CREATE_FOR_KEY.rowcount(conn, **params)
