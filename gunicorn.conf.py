@@ -1,12 +1,20 @@
 """gunicorn settings for a PaaS: `gunicorn --config gunicorn.conf.py wsgi:app`.
 
-PaaS platforms set PORT and WEB_CONCURRENCY; gunicorn also reads this file by
-default when started from the project folder.
+PaaS platforms set PORT and WEB_CONCURRENCY; a `.env` file in the project folder can
+set them too. gunicorn also reads this file by default when started from the project
+folder.
 """
 
 import os
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+from dotenv import load_dotenv
+
+# The same `.env` the app reads, so PORT and WEB_CONCURRENCY written there count here too.
+load_dotenv()
+
+# A platform that sets PORT routes to it from outside: listen on every interface. With
+# no PORT (a laptop), only this machine can connect.
+bind = f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else "127.0.0.1:8000"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Under the 30 s that Heroku's router and SIGTERM-to-SIGKILL window allow.
 timeout = 25
