@@ -36,14 +36,18 @@ limit_request_line = 8190
 
 
 def on_starting(server: object) -> None:
-    """Check the settings once, in the master, before any worker starts.
+    """Check the settings and the database once, in the master, before any worker starts.
 
     A missing or malformed setting then stops gunicorn with one line that says what
-    to set, instead of every worker failing to boot with a traceback.
+    to set, instead of every worker failing to boot with a traceback; a database whose
+    migrations have not run is named in the log before the first request fails.
     """
+    from tasks_api import db, logs
     from tasks_api.config import ConfigError, Settings
 
     try:
-        Settings.from_env()
+        settings = Settings.from_env()
     except ConfigError as error:
         raise SystemExit(f"tasks_api: {error}") from None
+    logs.configure(settings)
+    db.log_schema_state(settings)

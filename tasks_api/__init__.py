@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from importlib.resources import files
 from pathlib import Path
 
+import click
 import flask_smorest
 from flask import Blueprint, Flask, Response, request
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, db, errors, logs, pages, routes
-from .config import Settings, instance_secret
+from . import auth, cli, db, errors, logs, pages, routes
+from .config import ConfigError, Settings, instance_secret
 from .schemas import ProblemSchema
 
 __version__ = "1.0.0"
@@ -54,10 +56,21 @@ class Api(flask_smorest.Api):
 
 
 def create_app(settings: Settings | None = None, *, instance_path: str | None = None) -> Flask:
-    """Build the app. Settings come from the environment unless given (tests give them)."""
-    settings = settings or Settings.from_env()
-    logs.configure(settings)
-    app = Flask(__name__, instance_path=instance_path)
+    """Build the app. Settings come from the environment unless given (tests give them).
+
+    Under the `flask` command (migrations, tokens, purges) nothing is served: the
+    settings only a server needs may be missing, and logs go to stderr so that stdout
+    carries the command's result alone.
+    """
+    command = click.get_current_context(silent=True)
+    serving = command is None or command.info_name == "run"
+    if settings is None:
+        try:
+            settings = Settings.from_env(serving=serving)
+        except ConfigError as error:
+            raise SystemExit(f"tasks_api: {error}") from None
+    logs.configure(settings, stream=sys.stdout if serving else sys.stderr)
+    app = Flask(__name__, instance_path=instance_path or settings.instance_path)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         API_TITLE="Tasks API",
@@ -75,9 +88,11 @@ def create_app(settings: Settings | None = None, *, instance_path: str | None = 
     app.extensions["tasks_api.settings"] = settings
     # Kept out of Flask's SECRET_KEY: with it set, Flask would open a cookie session on
     # every request, and this API has no sessions.
-    app.extensions["tasks_api.cursor_serializer"] = pages.serializer(
-        settings.secret_key or instance_secret(Path(app.instance_path), "secret-key")
-    )
+    secret_key = settings.secret_key
+    if secret_key is None and settings.embedded:
+        secret_key = instance_secret(Path(app.instance_path), "secret-key")
+    if secret_key is not None:  # None only under the flask command, which serves nothing
+        app.extensions["tasks_api.cursor_serializer"] = pages.serializer(secret_key)
     if settings.trusted_proxies:
         # Scheme, host and port (for the next-page links) from the proxies' X-Forwarded-*.
         n = settings.trusted_proxies
@@ -85,7 +100,7 @@ def create_app(settings: Settings | None = None, *, instance_path: str | None = 
             app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n
         )
 
-    db.init_app(app, settings)
+    db.init_app(app, settings, serving=serving)
     auth.init_app(app, settings)
 
     if settings.cors_origins:
@@ -105,6 +120,7 @@ def create_app(settings: Settings | None = None, *, instance_path: str | None = 
     errors.document(api)
     routes.register(api)
     app.register_blueprint(_swagger_ui_assets())
+    cli.register(app)
 
     return app
 

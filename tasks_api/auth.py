@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import threading
 import time
 import urllib.request
@@ -13,15 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import click
 import jwt
 from flask import Flask, current_app, request
-from flask.cli import with_appcontext
 from jwt import PyJWK
 
 from . import errors
 from .config import Settings, instance_secret
-from .schemas import USER_ID, USER_ID_RULE
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +172,7 @@ class Authenticator:
 
     def issue(self, user_id: str, lifetime: timedelta) -> str:
         """A token for `user_id`, signed with the shared secret (HS256 mode only)."""
-        if self.secret is None:
-            raise click.ClickException(
-                "Tokens come from your auth provider when AUTH_JWKS_URL is set."
-            )
+        assert self.secret is not None, "with a key set, tokens come from the auth provider"
         now = datetime.now(UTC)
         claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + lifetime}
         if self.issuer:
@@ -197,13 +190,16 @@ def init_app(app: Flask, settings: Settings) -> None:
         keyset = KeySet(settings.auth_jwks_url, cooldown=settings.auth_jwks_cooldown)
         authenticator = Authenticator(settings, secret=None, keyset=keyset)
         log.info("auth: bearer tokens signed by the keys at %s", settings.auth_jwks_url)
-    else:
+    elif settings.auth_jwt_secret is not None or settings.embedded:
         secret = settings.auth_jwt_secret or instance_secret(Path(app.instance_path), SECRET_FILE)
         authenticator = Authenticator(settings, secret=secret, keyset=None)
         source = "AUTH_JWT_SECRET" if settings.auth_jwt_secret else "the instance's secret"
         log.info("auth: bearer tokens signed with %s", source)
+    else:
+        # Only under the flask command (settings refuse to serve PostgreSQL without auth):
+        # nothing is verified, so nothing is set up.
+        return
     app.extensions["tasks_api.auth"] = authenticator
-    app.cli.add_command(token_command)
 
 
 def authorize(user_id: str) -> None:
@@ -216,34 +212,3 @@ def authorize(user_id: str) -> None:
         errors.unauthorized("Send a bearer token: Authorization: Bearer <token>.", token_sent=False)
     if authenticator.subject(token.strip()) != user_id:
         errors.forbidden("The token is for another user.")
-
-
-_LIFETIME = re.compile(r"(\d+)([smhd]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _lifetime(_ctx: click.Context, _param: click.Parameter, value: str) -> timedelta:
-    match = _LIFETIME.fullmatch(value.strip())
-    if not match or int(match[1]) == 0:
-        raise click.BadParameter("expected a duration such as 3600, 90m, 12h or 7d")
-    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
-
-
-@click.command("token")
-@with_appcontext
-@click.argument("user_id")
-@click.option(
-    "--expires-in",
-    default="1h",
-    show_default=True,
-    callback=_lifetime,
-    help="Lifetime: seconds, or with s, m, h or d.",
-)
-def token_command(user_id: str, expires_in: timedelta) -> None:
-    """Print a bearer token for USER_ID, signed with this app's secret."""
-    if not USER_ID.fullmatch(user_id):
-        raise click.BadParameter(USER_ID_RULE, param_hint="USER_ID")
-    authenticator: Authenticator | None = current_app.extensions["tasks_api.auth"]
-    if authenticator is None:
-        raise click.ClickException("AUTH_DISABLED=true: no tokens are checked.")
-    click.echo(authenticator.issue(user_id, expires_in))

@@ -58,10 +58,17 @@ class Settings:
     secret_key: str | None = field(default=None, repr=False)
     # How many proxies in front may set X-Forwarded-* (Heroku, Render, Railway: 1).
     trusted_proxies: int = 0
+    # The instance folder (embedded database, generated secrets); None: Flask's default,
+    # `instance/` beside the package.
+    instance_path: str | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read settings from `env` (default: `.env` then the process environment)."""
+    def from_env(cls, env: Mapping[str, str] | None = None, *, serving: bool = True) -> Settings:
+        """Read settings from `env` (default: `.env` then the process environment).
+
+        `serving=False` is for the `flask` command (migrations, tokens, purges): nothing is
+        served, so the settings only a server needs (auth, SECRET_KEY) may be missing.
+        """
         if env is None:
             load_dotenv()
             env = os.environ
@@ -76,7 +83,8 @@ class Settings:
         disabled = _boolean("AUTH_DISABLED", get("AUTH_DISABLED"))
         if secret is not None and jwks_url is not None:
             raise ConfigError("AUTH_JWT_SECRET and AUTH_JWKS_URL: set one of the two, not both")
-        if database_url is not None and secret is None and jwks_url is None and not disabled:
+        serves_postgres = serving and database_url is not None
+        if serves_postgres and secret is None and jwks_url is None and not disabled:
             raise ConfigError(
                 "DATABASE_URL is set but no authentication is configured. Set AUTH_JWKS_URL "
                 "(Better Auth: https://<your-site>/api/auth/jwks; Neon Auth: "
@@ -85,7 +93,7 @@ class Settings:
                 "AUTH_DISABLED=true to serve /api to anyone."
             )
         secret_key = _secret("SECRET_KEY", get("SECRET_KEY"))
-        if database_url is not None and secret_key is None:
+        if serves_postgres and secret_key is None:
             raise ConfigError(
                 "SECRET_KEY: required when DATABASE_URL is set, the same value on every "
                 "instance (it signs list cursors); generate one with: openssl rand -base64 32"
@@ -110,6 +118,7 @@ class Settings:
             cors_origins=_origins(get("CORS_ORIGINS")),
             secret_key=secret_key,
             trusted_proxies=_integer("TRUSTED_PROXIES", get("TRUSTED_PROXIES"), 0, minimum=0),
+            instance_path=_folder("INSTANCE_PATH", get("INSTANCE_PATH")),
         )
 
     @property
@@ -170,6 +179,15 @@ def _seconds(name: str, raw: str | None, default: float) -> float:
     if not 0 < value <= 3600:
         raise ConfigError(f"{name}: expected seconds between 0 and 3600, got {raw}")
     return value
+
+
+def _folder(name: str, raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    path = Path(raw).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{name}: {raw} exists and is not a folder")
+    return str(path)
 
 
 def _prepare_threshold(raw: str | None) -> int | None:
@@ -270,7 +288,7 @@ def instance_secret(instance: Path, name: str) -> str:
     """
     path = instance / name
     if not path.exists():
-        instance.mkdir(parents=True, exist_ok=True)
+        private_folder(instance)
         draft = instance / f".{name}.{os.getpid()}"
         fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as file:
@@ -283,6 +301,16 @@ def instance_secret(instance: Path, name: str) -> str:
         finally:
             draft.unlink()
     return path.read_text().strip()
+
+
+def private_folder(folder: Path) -> None:
+    """Make `folder` (and its parents) if missing; only this user may enter it.
+
+    It holds the embedded database and the generated secrets: other local users must
+    not read them.
+    """
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
 
 
 def masked(url: URL) -> str:

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import click
 import psycopg
 from flask import Flask, current_app, g
-from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import Connection, Engine, NullPool, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import UpdateBase
 
-from .config import Settings, masked
+from .config import Settings, masked, private_folder
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,17 @@ POOL_RECYCLE_SECONDS = 240
 T = TypeVar("T")
 
 
-def init_app(app: Flask, settings: Settings) -> None:
-    """Create the engine; in embedded mode, create and migrate the SQLite file."""
+def init_app(app: Flask, settings: Settings, *, serving: bool = True) -> None:
+    """Create the engine; in embedded mode, create the SQLite file, and migrate it when
+    serving (under the flask command, `db upgrade`/`downgrade` decide)."""
     if settings.embedded:
-        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+        private_folder(Path(app.instance_path))
         url = sqlite_url(app.instance_path)
+        _private_file(Path(str(url.database)))
         engine = _sqlite_engine(url, settings)
-        with _file_lock(Path(app.instance_path) / ".migrate.lock"):
-            upgrade(url)
+        if serving:
+            with _file_lock(Path(app.instance_path) / ".migrate.lock"):
+                upgrade(url)
         log.info("database: embedded SQLite file %s", url.database)
     else:
         assert settings.database_url is not None
@@ -44,12 +47,16 @@ def init_app(app: Flask, settings: Settings) -> None:
         log.info("database: %s", masked(settings.database_url))
     app.extensions["tasks_api.engine"] = engine
     app.teardown_appcontext(_release_connection)
-    app.cli.add_command(db_cli)
-    app.cli.add_command(purge_idempotency_keys)
 
 
 def sqlite_url(instance_path: str) -> URL:
     return URL.create("sqlite+pysqlite", database=str(Path(instance_path) / SQLITE_FILE))
+
+
+def _private_file(path: Path) -> None:
+    """Create the SQLite file readable by this user only; SQLite gives its -wal and -shm
+    files the same permissions."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
 
 
 def _postgresql_engine(url: URL, settings: Settings) -> Engine:
@@ -211,32 +218,158 @@ def _translated(conn: Connection, error: psycopg.Error, sql: str) -> DBAPIError:
     return wrapped
 
 
-def ping() -> None:
-    """Raise if the database does not answer."""
-    read(lambda conn: conn.execute(text("SELECT 1")))
+# The revision this code needs. Migrations are numbered 0001, 0002, ... (`flask db
+# revision` keeps to it), so the newest file names it without importing Alembic.
+HEAD_REVISION = max(
+    path.name[:4] for path in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py")
+)
+UPGRADE_COMMAND = "flask --app wsgi db upgrade"
+# The database's words for a table or column this code expects but the schema lacks:
+# PostgreSQL's SQLSTATEs undefined_table and undefined_column, and SQLite's messages.
+_UNDEFINED = ("42P01", "42703")
+_SQLITE_UNDEFINED = ("no such table", "no such column")
 
 
-def upgrade(url: URL, revision: str = "head") -> None:
-    """Run the Alembic migrations up to `revision` on the database at `url`."""
-    _migrate(url, "upgrade", revision=revision)
+class SchemaBehind(Exception):
+    """The database's schema is older than this code: its migrations have not run."""
+
+    def __init__(self, revision: str | None) -> None:
+        super().__init__(
+            f"The database schema is at revision {revision or '(none)'} but this version of "
+            f"the service needs {HEAD_REVISION}: run `{UPGRADE_COMMAND}`."
+        )
 
 
-def _migrate(url: URL, action: str, **arguments: object) -> None:
-    """Run an Alembic command (upgrade, downgrade, revision) on the database at `url`."""
+def check_schema(conn: Connection) -> None:
+    """Raise SchemaBehind unless the database is migrated at least to this code's revision.
+
+    One statement, so it doubles as the readiness probe's ping. A newer revision (the code
+    was rolled back, the schema was not) passes: migrations only add what old code ignores.
+    """
+    try:
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except DBAPIError as error:
+        if not missing_schema(error):
+            raise
+        revision = None
+    if revision is None or revision < HEAD_REVISION:
+        raise SchemaBehind(revision)
+
+
+def missing_schema(error: DBAPIError) -> bool:
+    """Whether `error` says a table or column is missing (a schema behind the code)."""
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    return sqlstate in _UNDEFINED or str(error.orig).startswith(_SQLITE_UNDEFINED)
+
+
+def driver_message(error: BaseException) -> str:
+    """The database driver's own words for a failure, on one line.
+
+    libpq's connection messages name the host, port, role and database, and the reason
+    (refused, TLS required, no such database), never the password. Statement text and
+    bound values stay out: a `LINE n:` excerpt and what follows are dropped.
+    """
+    cause = getattr(error, "orig", None) or error
+    lines = []
+    for line in str(cause).splitlines():
+        if line.startswith("LINE "):
+            break
+        lines.append(line.strip())
+    return " ".join(line for line in lines if line) or type(cause).__name__
+
+
+def log_schema_state(settings: Settings) -> None:
+    """Say at start whether the database answers and its schema fits this code.
+
+    For the web process's master, once: a schema behind the code then shows in the logs
+    before the first 503 does. A database that cannot be reached does not stop the start
+    (/health keeps answering; requests get 503 until it is back).
+    """
+    if settings.database_url is None:
+        return  # the embedded file is migrated at start
+    engine = create_engine(
+        settings.database_url, poolclass=NullPool, connect_args={"connect_timeout": 5}
+    )
+    try:
+        with engine.connect() as conn:
+            check_schema(conn)
+    except SchemaBehind as behind:
+        log.error("%s", behind)
+    except DBAPIError as error:
+        log.warning("database not reachable at start: %s", driver_message(error))
+    else:
+        log.info("database schema at revision %s", HEAD_REVISION)
+    finally:
+        engine.dispose()
+
+
+def upgrade(url: URL, revision: str = "head") -> tuple[str | None, str | None]:
+    """Migrate the database at `url` up to `revision`; return its revision before and after."""
+    return _migrate(url, "upgrade", revision)
+
+
+def downgrade(url: URL, revision: str) -> tuple[str | None, str | None]:
+    """Migrate the database at `url` down to `revision` (`-1`: one step; `base`: empty)."""
+    return _migrate(url, "downgrade", revision)
+
+
+def write_revision(url: URL, message: str) -> Path:
+    """Write the next migration, `NNNN_slug.py`, from what the models add to the database.
+
+    The file is passed through `ruff check --fix` and `ruff format` when ruff is
+    installed (the dev group), so it meets the project's checks as written.
+    """
+    with _alembic(url) as (config, conn):
+        from alembic import command
+
+        config.set_main_option("file_template", "%%(rev)s_%%(slug)s")
+        ruff = Path(sys.executable).with_name("ruff")
+        if ruff.exists():
+            config.set_section_option("post_write_hooks", "hooks", "fix, format")
+            for hook, options in (("fix", "check --fix --quiet"), ("format", "format --quiet")):
+                config.set_section_option("post_write_hooks", f"{hook}.type", "exec")
+                config.set_section_option("post_write_hooks", f"{hook}.executable", str(ruff))
+                config.set_section_option(
+                    "post_write_hooks", f"{hook}.options", f"{options} REVISION_SCRIPT_FILENAME"
+                )
+        script = command.revision(
+            config,
+            message=message,
+            autogenerate=True,
+            rev_id=f"{int(HEAD_REVISION) + 1:04d}",
+        )
+        assert script is not None and not isinstance(script, list)  # one, on a linear history
+        return Path(script.path)
+
+
+def _migrate(url: URL, action: str, revision: str) -> tuple[str | None, str | None]:
+    with _alembic(url) as (config, conn):
+        from alembic import command
+        from alembic.migration import MigrationContext
+
+        before = MigrationContext.configure(conn).get_current_revision()
+        getattr(command, action)(config, revision)
+        after = MigrationContext.configure(conn).get_current_revision()
+    return before, after
+
+
+@contextlib.contextmanager
+def _alembic(url: URL) -> Iterator[tuple[Any, Connection]]:
+    """Alembic's configuration, bound to a connection of its own on the database at `url`."""
     # Imported here: web workers on PostgreSQL never migrate, and Alembic costs them a
     # quarter of a second and some memory at start.
-    from alembic import command
     from alembic.config import Config
 
-    # A connection of its own, outside the autocommit pool: DDL runs in one
-    # transaction where the database allows it (PostgreSQL).
+    # Outside the autocommit pool: DDL runs in one transaction where the database allows
+    # it (PostgreSQL).
     engine = create_engine(url, poolclass=NullPool)
+    # Alembic reports progress on stdout; it belongs with the rest of it, on stderr.
     try:
-        with engine.begin() as conn:
+        with contextlib.redirect_stdout(sys.stderr), engine.begin() as conn:
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS))
             config.attributes["connection"] = conn
-            getattr(command, action)(config, **arguments)
+            yield config, conn
     finally:
         engine.dispose()
 
@@ -249,58 +382,9 @@ def _file_lock(path: Path) -> Iterator[None]:
     except ImportError:  # Windows: a single `flask run` process, no race to guard.
         yield
         return
-    with path.open("w") as lock:
+    with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600)) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-db_cli = AppGroup("db", help="Database migrations (Alembic).")
-
-
-def _migration_url() -> URL:
-    settings: Settings = current_app.extensions["tasks_api.settings"]
-    url = settings.migration_url or sqlite_url(current_app.instance_path)
-    click.echo(f"database: {masked(url)}", err=True)
-    return url
-
-
-@db_cli.command("upgrade")
-@click.argument("revision", default="head")
-def upgrade_command(revision: str) -> None:
-    """Migrate the database to REVISION (default: head).
-
-    Uses DATABASE_URL_UNPOOLED when set: schema changes should not go through a
-    transaction-mode pooler.
-    """
-    upgrade(_migration_url(), revision)
-
-
-@db_cli.command("downgrade")
-@click.argument("revision")
-def downgrade_command(revision: str) -> None:
-    """Revert the database to REVISION (e.g. -1, or base)."""
-    _migrate(_migration_url(), "downgrade", revision=revision)
-
-
-@db_cli.command("revision")
-@click.option("-m", "--message", required=True, help="What the migration does.")
-def revision_command(message: str) -> None:
-    """Write a new migration from the difference between the models and the database."""
-    _migrate(_migration_url(), "revision", message=message, autogenerate=True)
-
-
-@click.command("purge-idempotency-keys")
-@with_appcontext
-def purge_idempotency_keys() -> None:
-    """Delete Idempotency-Key records older than 24 hours.
-
-    Expired keys are also reused in place when a client sends them again; this keeps
-    the table small. Run it daily from the platform's scheduler.
-    """
-    from . import repository  # the repository sits above this module
-
-    with current_engine().connect() as conn:
-        click.echo(f"purged {repository.purge_keys(conn)} expired idempotency keys")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import time
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, NoReturn
 
 from flask import Flask, Response, current_app
 from flask_smorest import Api
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import (
     Conflict,
@@ -23,6 +26,7 @@ from werkzeug.exceptions import (
     UnprocessableEntity,
 )
 
+from . import db
 from .logs import request_id
 from .schemas import ProblemSchema
 
@@ -30,6 +34,8 @@ log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
+# A schema behind the code waits for someone to run the migrations: no point in hurrying.
+SCHEMA_RETRY_AFTER_SECONDS = "30"
 # RFC 9110's names where Python's HTTPStatus still has the older ones.
 _TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
 
@@ -37,10 +43,11 @@ _TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
 def init_app(app: Flask) -> None:
     # Registered after flask-smorest's Api, so these replace its JSON error handler.
     app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(OperationalError, _database_unavailable)
-    app.register_error_handler(InterfaceError, _database_unavailable)
+    app.register_error_handler(DBAPIError, _database_error)
     app.register_error_handler(PoolTimeoutError, _database_unavailable)
+    app.register_error_handler(db.SchemaBehind, _schema_behind)
     app.register_error_handler(Exception, _unexpected)
+    app.extensions["tasks_api.outages"] = _Burst(quiet_seconds=10.0)
 
 
 def unauthorized(detail: str, *, token_sent: bool) -> NoReturn:
@@ -145,7 +152,8 @@ RESPONSES = {
     500: ("InternalServerError", "An unexpected failure; quote `request_id` when reporting it."),
     503: (
         "ServiceUnavailable",
-        "The database, or the token's key server, cannot be reached; retry after `Retry-After`.",
+        "The database, or the token's key server, cannot be reached, or the database's "
+        "migrations have not run (the detail says which); retry after `Retry-After`.",
     ),
 }
 
@@ -201,18 +209,76 @@ def _flatten(messages: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+class _Burst:
+    """Lets one log line through per burst of the same failure.
+
+    A database outage fails every request; one line with the driver's reason says as
+    much as thousands, and the next line counts those left out.
+    """
+
+    def __init__(self, quiet_seconds: float) -> None:
+        self.quiet_seconds = quiet_seconds
+        self._last = -math.inf
+        self._left_out = 0
+        self._lock = threading.Lock()
+
+    def admit(self) -> int | None:
+        """None to stay quiet; else how many were left out since the last line."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.quiet_seconds:
+                self._left_out += 1
+                return None
+            left_out, self._left_out, self._last = self._left_out, 0, now
+            return left_out
+
+
+def _outages() -> _Burst:
+    burst: _Burst = current_app.extensions["tasks_api.outages"]
+    return burst
+
+
+def _database_error(exc: DBAPIError) -> Response:
+    if db.missing_schema(exc):
+        # Asked only on this failure path: is the schema behind this code?
+        try:
+            db.read(db.check_schema)
+        except db.SchemaBehind as behind:
+            return _schema_behind(behind)
+        except DBAPIError:
+            pass
+        return _unexpected(exc)
+    if isinstance(exc, OperationalError | InterfaceError):
+        return _database_unavailable(exc)
+    return _unexpected(exc)
+
+
 def _database_unavailable(exc: Exception) -> Response:
-    # Never the exception text: SQLAlchemy's includes the statement.
-    cause = getattr(exc, "orig", None) or exc
-    log.warning(
-        "database unavailable: %s (request_id=%s)",
-        type(cause).__name__,
-        request_id(),
-    )
+    left_out = _outages().admit()
+    if left_out is not None:
+        # The driver's own words (libpq's carry no password; statements and values are
+        # left out): they say whether TLS, the role or the database is the problem.
+        log.warning(
+            "database unavailable: %s (request_id=%s%s)",
+            db.driver_message(exc),
+            request_id(),
+            f"; {left_out} more since the last such line" if left_out else "",
+        )
     return problem(
         503,
         "The database cannot be reached right now; retry shortly.",
         headers={"Retry-After": RETRY_AFTER_SECONDS},
+        request_id=request_id(),
+    )
+
+
+def _schema_behind(exc: db.SchemaBehind) -> Response:
+    if _outages().admit() is not None:
+        log.error("%s", exc)
+    return problem(
+        503,
+        str(exc),
+        headers={"Retry-After": SCHEMA_RETRY_AFTER_SECONDS},
         request_id=request_id(),
     )
 

@@ -1,5 +1,7 @@
 """Logs: one line per request with its id, as text or JSON; never a token or secret.
 
+The web process logs to stdout; the `flask` command to stderr, its result alone on stdout.
+
 Request lines name the route's template (`/api/<user_id>/tasks/<uuid:task_id>`), not
 the path a client sent, so ids, titles in cursors and other user data stay out.
 """
@@ -13,7 +15,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from flask import Flask, Response, g, request
 
@@ -44,15 +46,15 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure(settings: Settings) -> None:
-    """Send logs to stdout in the configured format; the app's own at LOG_LEVEL."""
+def configure(settings: Settings, stream: TextIO = sys.stdout) -> None:
+    """Send logs to `stream` in the configured format; the app's own at LOG_LEVEL."""
     logging.getLogger("tasks_api").setLevel(settings.log_level)
     # On the root logger, so libraries' warnings come out in the same format; replaced,
     # not added to, when an app is created again in the same process.
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "tasks_api", False)]:
         root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.tasks_api = True  # type: ignore[attr-defined]
     if settings.log_format == "json":
         handler.setFormatter(JSONFormatter())

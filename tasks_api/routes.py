@@ -99,7 +99,10 @@ def register(api: flask_smorest.Api) -> None:
             "type": "http",
             "scheme": "bearer",
             "bearerFormat": "JWT",
-            "description": "A JWT whose `sub` is the `user_id` in the path.",
+            "description": "A JWT whose `sub` is the `user_id` in the path. Trying the "
+            "service on its embedded database? Print one for user alice with "
+            "`make token USER=alice` (or `flask --app wsgi token alice`) in the project "
+            "folder and paste it here.",
         },
     )
     for name, header, description in (
@@ -432,8 +435,12 @@ class Readiness(MethodView):
     init_every_request = False
 
     @operation("getReadiness", 503)
-    @health.response(200, HealthSchema, description="The database answers.")
+    @health.response(200, HealthSchema, description="The database answers, migrated.")
     def get(self) -> dict[str, str]:
-        """Report whether the database answers"""
-        db.ping()
+        """Report whether the database answers and its schema fits this version
+
+        A 503 names what is wrong: the database cannot be reached, or its migrations
+        have not run (the detail says which command runs them).
+        """
+        db.read(db.check_schema)
         return {"status": "ok"}

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from sqlalchemy.engine import URL
 
 from tasks_api import create_app, db
 from tasks_api.config import ConfigError, Settings
-from tests.support import BACKENDS, REQUIRED, SECRET
+from tests.support import BACKENDS, REQUIRED, SECRET, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = REQUIRED
@@ -218,3 +221,53 @@ def test_url_query_parameters_reach_libpq(postgres_url: URL, tmp_path: Path) -> 
     app.extensions["tasks_api.engine"].dispose()
 
     assert name == "tasks-api-check"
+
+
+def test_migrating_needs_no_auth_settings_but_serving_does() -> None:
+    env = {"DATABASE_URL": "postgresql://app:pw@127.0.0.1:1/tasks"}
+
+    assert Settings.from_env(env, serving=False).auth_jwt_secret is None
+    with pytest.raises(ConfigError, match="no authentication is configured"):
+        Settings.from_env(env)
+
+
+def test_gunicorn_takes_port_and_workers_from_dotenv(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "tasks_api", project / "tasks_api")
+    for name in ("wsgi.py", "gunicorn.conf.py"):
+        shutil.copy2(ROOT / name, project / name)
+    port = free_port()
+    (project / ".env").write_text(
+        f"PORT={port}\nWEB_CONCURRENCY=3\nINSTANCE_PATH={tmp_path / 'instance'}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PORT", "WEB_CONCURRENCY")}
+    env = {k: v for k, v in env.items() if not k.startswith(("DATABASE_URL", "AUTH_"))}
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        workers = [
+            stat for stat in Path("/proc").glob("[0-9]*/stat") if _parent_pid(stat) == process.pid
+        ]
+        assert len(workers) == 3
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _parent_pid(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

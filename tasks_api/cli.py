@@ -1,0 +1,162 @@
+"""The `flask --app wsgi ...` commands: migrations, tokens, purges.
+
+Each prints its result alone on stdout (so `$(flask --app wsgi token alice)` is the token)
+and its progress on stderr; a failure is one line that says what to set or do, with no
+traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import IO, Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup, with_appcontext
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from . import db, repository
+from .auth import Authenticator
+from .config import Settings, masked
+from .schemas import USER_ID, USER_ID_RULE
+
+# A token is for trying the API by hand; a longer life is a mistake, not a use.
+MAX_TOKEN_LIFETIME = timedelta(days=365)
+_LIFETIME = re.compile(r"(\d{1,9})([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class CLIError(click.ClickException):
+    """A failure the person at the terminal can fix: shown as one `tasks_api: ...` line."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"tasks_api: {self.format_message()}", err=True)
+
+
+def register(app: Flask) -> None:
+    for command in (db_cli, token_command, purge_idempotency_keys):
+        app.cli.add_command(command)
+
+
+db_cli = AppGroup("db", help="Database migrations (Alembic).")
+
+
+@db_cli.command("upgrade")
+@click.argument("revision", default="head")
+def upgrade_command(revision: str) -> None:
+    """Migrate the database to REVISION (default: head).
+
+    Uses DATABASE_URL_UNPOOLED when set: schema changes should not go through a
+    transaction-mode pooler.
+    """
+    _report_move(db.upgrade, revision)
+
+
+# `-1` is an argument here, not an option.
+@db_cli.command("downgrade", context_settings={"ignore_unknown_options": True})
+@click.argument("revision")
+def downgrade_command(revision: str) -> None:
+    """Revert the database to REVISION: -1 for one step back, or base for empty."""
+    _report_move(db.downgrade, revision)
+
+
+@db_cli.command("revision")
+@click.option("-m", "--message", required=True, help="What the migration does.")
+def revision_command(message: str) -> None:
+    """Write the next migration (NNNN_slug.py) from what the models add to the database."""
+    url = _migration_url()
+    with _database_errors(url):
+        path = db.write_revision(url, message)
+    click.echo(path)
+
+
+def _report_move(
+    migrate: Callable[[URL, str], tuple[str | None, str | None]], revision: str
+) -> None:
+    url = _migration_url()
+    with _database_errors(url):
+        before, after = migrate(url, revision)
+    if before == after:
+        click.echo(f"database already at revision {after or '(none)'}")
+    else:
+        click.echo(f"database migrated from revision {before or '(none)'} to {after or '(none)'}")
+
+
+def _migration_url() -> URL:
+    settings: Settings = current_app.extensions["tasks_api.settings"]
+    url = settings.migration_url or db.sqlite_url(current_app.instance_path)
+    click.echo(f"database: {masked(url)}", err=True)
+    return url
+
+
+@contextmanager
+def _database_errors(url: URL) -> Iterator[None]:
+    """A database or migration failure as one line: the driver's own words, no traceback."""
+    from alembic.util import CommandError
+
+    try:
+        yield
+    except CommandError as error:
+        hint = f" Run `{db.UPGRADE_COMMAND}` first." if "not up to date" in str(error) else ""
+        raise CLIError(f"{error}{hint}") from None
+    except DBAPIError as error:
+        raise CLIError(
+            f"the database at {masked(url)} failed: {db.driver_message(error)} "
+            "(check DATABASE_URL_UNPOOLED, or DATABASE_URL when that is unset)"
+        ) from None
+
+
+def _lifetime(_ctx: click.Context, _param: click.Parameter, value: str) -> timedelta:
+    match = _LIFETIME.fullmatch(value.strip())
+    lifetime = timedelta(seconds=int(match[1]) * _UNITS[match[2]]) if match else None
+    if lifetime is None or not timedelta(0) < lifetime <= MAX_TOKEN_LIFETIME:
+        raise CLIError(
+            f"--expires-in: expected a duration up to {MAX_TOKEN_LIFETIME.days}d, "
+            f"such as 3600, 90m, 12h or 7d; got {value!r}"
+        )
+    return lifetime
+
+
+@click.command("token")
+@with_appcontext
+@click.argument("user_id")
+@click.option(
+    "--expires-in",
+    default="1h",
+    show_default=True,
+    callback=_lifetime,
+    help="Lifetime: seconds, or with s, m, h or d (at most 365d).",
+)
+def token_command(user_id: str, expires_in: timedelta) -> None:
+    """Print a bearer token for USER_ID, signed with this app's secret."""
+    if not USER_ID.fullmatch(user_id):
+        raise CLIError(f"USER_ID: {USER_ID_RULE}")
+    settings: Settings = current_app.extensions["tasks_api.settings"]
+    authenticator: Authenticator | None = current_app.extensions.get("tasks_api.auth")
+    if settings.auth_disabled:
+        raise CLIError("AUTH_DISABLED=true: no tokens are checked, send none.")
+    if authenticator is None or authenticator.secret is None:
+        raise CLIError(
+            "tokens come from your auth provider when AUTH_JWKS_URL is set"
+            if settings.auth_jwks_url
+            else "set AUTH_JWT_SECRET (the secret your front end signs tokens with) to mint "
+            "tokens for a PostgreSQL deployment"
+        )
+    click.echo(authenticator.issue(user_id, expires_in))
+
+
+@click.command("purge-idempotency-keys")
+@with_appcontext
+def purge_idempotency_keys() -> None:
+    """Delete Idempotency-Key records older than 24 hours.
+
+    Expired keys are also reused in place when a client sends them again; this keeps
+    the table small. Run it daily from the platform's scheduler.
+    """
+    url = db.current_engine().url
+    with _database_errors(url), db.current_engine().connect() as conn:
+        click.echo(f"purged {repository.purge_keys(conn)} expired idempotency keys")
