@@ -1,7 +1,7 @@
 """schemathesis hooks for .ci/run: each request acts as the user in its path.
 
 The service under test verifies HS256 tokens with AUTH_JWT_SECRET, or in embedded mode
-with the secret it generated in instance/auth-secret.
+with the secret it generated in its instance folder ($INSTANCE_PATH, else instance/).
 """
 
 import os
@@ -15,7 +15,9 @@ import schemathesis
 
 
 def _secret() -> str:
-    return os.environ.get("AUTH_JWT_SECRET") or Path("instance/auth-secret").read_text().strip()
+    if os.environ.get("AUTH_JWT_SECRET"):
+        return os.environ["AUTH_JWT_SECRET"]
+    return (Path(os.environ.get("INSTANCE_PATH", "instance")) / "auth-secret").read_text().strip()
 
 
 @schemathesis.auth(refresh_interval=None)

@@ -1,7 +1,9 @@
 """Fixtures: the whole suite runs once on PostgreSQL and once on SQLite.
 
 PostgreSQL: a database of its own is created for the run on the server at
-TEST_POSTGRES_URL (default: the local one) and dropped afterwards. SQLite: the
+TEST_POSTGRES_URL (default: the local one) and dropped afterwards; when nothing answers
+there, on a throwaway cluster started from the local PostgreSQL binaries; with neither,
+only the SQLite tests run, and the report says so (tests.support._find_postgres). SQLite: the
 embedded mode, in a temporary instance folder. pgbouncer (when PgBouncer is installed):
 the same PostgreSQL database through PgBouncer in transaction mode with TLS, as Neon's
 pooler. TEST_DATABASES=sqlite (or postgresql, pgbouncer) runs some of them.
@@ -30,12 +32,22 @@ from tasks_api import create_app, db
 from tasks_api.config import Settings
 from tests.support import (
     BACKENDS,
+    POSTGRES_NOTE,
     REQUIRED,
     PgBouncer,
     UserClient,
     drop_postgres_database,
     scratch_postgres_database,
 )
+
+
+def pytest_report_header() -> str:
+    return POSTGRES_NOTE
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if "postgresql" not in BACKENDS:
+        terminalreporter.write_line(POSTGRES_NOTE, yellow=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
+import glob
 import http.client
 import os
 import re
@@ -33,15 +35,93 @@ SECRET = "test-secret-of-at-least-thirty-two-bytes"
 # What an app with DATABASE_URL needs besides: a token secret and Flask's SECRET_KEY.
 REQUIRED = {"AUTH_JWT_SECRET": SECRET, "SECRET_KEY": "test-secret-key-of-32-bytes-or-more"}
 
+POSTGRES_BINARIES = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+
+
+class Cluster:
+    """A throwaway PostgreSQL cluster; run as the `postgres` user when we are root."""
+
+    def __init__(self) -> None:
+        self.bin = POSTGRES_BINARIES[-1]
+        self.dir = Path(tempfile.mkdtemp(prefix="tasks_api_cluster_"))
+        self.port = free_port()
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
+
+    @staticmethod
+    def available() -> bool:
+        runs_as_postgres = os.geteuid() != 0 or shutil.which("runuser") is not None
+        return bool(POSTGRES_BINARIES) and runs_as_postgres
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = [f"{self.bin}/{tool}", *args]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.dir / "server.log")  # not our pipes: the server outlives pg_ctl
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-o", options, "-l", log, "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def remove(self) -> None:
+        try:
+            self.stop()
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _find_postgres() -> tuple[str | None, str]:
+    """A PostgreSQL server for the suite, and a line that says where it came from.
+
+    The server at TEST_POSTGRES_URL (default: the local one) when it answers; else a
+    throwaway cluster from the local PostgreSQL binaries, removed when the run ends; else
+    none, and the PostgreSQL tests do not run.
+    """
+    url = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        psycopg.connect(url, autocommit=True, connect_timeout=3).close()
+        return url, f"PostgreSQL: the server at {shown}"
+    except psycopg.OperationalError:
+        pass
+    if not Cluster.available():
+        return None, (
+            f"PostgreSQL: nothing answers at {shown} and no PostgreSQL binaries (initdb) are "
+            "installed, so only the SQLite tests run. For the rest, start PostgreSQL (Debian: "
+            "apt install postgresql) or set TEST_POSTGRES_URL to a server's URL."
+        )
+    cluster = Cluster()
+    cluster.start()
+    atexit.register(cluster.remove)
+    return cluster.url, (
+        f"PostgreSQL: nothing answers at {shown}; a throwaway cluster from "
+        f"{cluster.bin}/initdb on port {cluster.port} runs the tests instead"
+    )
+
+
+ADMIN_URL, POSTGRES_NOTE = _find_postgres()
 # pgbouncer: PostgreSQL behind PgBouncer in transaction mode with TLS, as Neon's pooler.
-_DEFAULT_BACKENDS = "postgresql,sqlite" + (",pgbouncer" if shutil.which("pgbouncer") else "")
+_DEFAULT_BACKENDS = "sqlite" if ADMIN_URL is None else "postgresql,sqlite"
+if ADMIN_URL is not None and shutil.which("pgbouncer"):
+    _DEFAULT_BACKENDS += ",pgbouncer"
 BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", _DEFAULT_BACKENDS).split(",")]
-ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def scratch_postgres_database(prefix: str) -> tuple[URL, str]:
     """Create an empty database on the test server; return its URL and name."""
     name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    if ADMIN_URL is None:
+        pytest.fail(POSTGRES_NOTE)
     try:
         with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
@@ -54,6 +134,7 @@ def scratch_postgres_database(prefix: str) -> tuple[URL, str]:
 
 
 def drop_postgres_database(name: str) -> None:
+    assert ADMIN_URL is not None
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -6,14 +6,10 @@ stopped and started under a running gunicorn, so the shared server keeps running
 
 from __future__ import annotations
 
-import glob
 import http.client
 import json
-import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,51 +22,12 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tasks_api import db
-from tests.support import REQUIRED, free_port, start_gunicorn, token_for
-
-BINARIES = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-
-
-class Cluster:
-    """A throwaway PostgreSQL cluster; run as the `postgres` user when we are root."""
-
-    def __init__(self) -> None:
-        self.bin = BINARIES[-1]
-        self.dir = Path(tempfile.mkdtemp(prefix="tasks_api_cluster_"))
-        self.port = free_port()
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
-
-    def _run(self, tool: str, *args: str) -> None:
-        command = [f"{self.bin}/{tool}", *args]
-        if os.geteuid() == 0:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        subprocess.run(command, check=True, capture_output=True, timeout=60)
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        log = str(self.dir / "server.log")  # not our pipes: the server outlives pg_ctl
-        self._run("pg_ctl", "-D", str(self.dir / "data"), "-o", options, "-l", log, "-w", "start")
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def remove(self) -> None:
-        try:
-            self.stop()
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(self.dir, ignore_errors=True)
+from tests.support import REQUIRED, Cluster, free_port, start_gunicorn, token_for
 
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    if not BINARIES or shutil.which("runuser") is None and os.geteuid() == 0:
+    if not Cluster.available():
         pytest.skip("no PostgreSQL server binaries here")
     cluster = Cluster()
     cluster.start()
