@@ -35,6 +35,14 @@ SECRET = "test-secret-of-at-least-thirty-two-bytes"
 # What an app with DATABASE_URL needs besides: a token secret and Flask's SECRET_KEY.
 REQUIRED = {"AUTH_JWT_SECRET": SECRET, "SECRET_KEY": "test-secret-key-of-32-bytes-or-more"}
 
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 POSTGRES_BINARIES = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 
 
@@ -172,13 +180,6 @@ class UserClient(FlaskClient):
         if auth and match and "Authorization" not in headers:
             headers["Authorization"] = f"Bearer {token_for(unquote(match[1]))}"
         return super().open(*args, headers=headers, **kwargs)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RoundTripCounter:
