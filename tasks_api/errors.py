@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from typing import Any, NoReturn
 
@@ -80,9 +80,37 @@ def task_not_found() -> NoReturn:
 
 
 def validation_failed(errors: Mapping[str, list[str]]) -> NoReturn:
-    exc = UnprocessableEntity("The request is not valid; see `errors`.")
+    exc = UnprocessableEntity(validation_detail(errors))
     exc.data = {"errors": dict(errors)}  # type: ignore[attr-defined]
     raise exc
+
+
+def validation_detail(errors: Mapping[str, Any]) -> str:
+    """The first problem in words, and how many more: front ends show `detail` as is.
+
+    `title: Shorter than minimum length 1. (and 2 more problems; see `errors`)`
+    """
+    problems = list(_problems(errors, ""))
+    if not problems:
+        return "The request is not valid; see `errors`."
+    where, message = problems[0]
+    detail = f"{where}: {message}" if where else message
+    if len(problems) > 1:
+        more = len(problems) - 1
+        detail += f" (and {more} more problem{'s' if more > 1 else ''}; see `errors`)"
+    return detail
+
+
+def _problems(messages: Any, where: str) -> Iterator[tuple[str, str]]:
+    """(field, message) for each message, nested fields dotted: `tags.0`."""
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            yield from _problems(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(messages, list | tuple):
+        for message in messages:
+            yield from _problems(message, where)
+    else:
+        yield where, str(messages)
 
 
 def problem(
@@ -118,7 +146,7 @@ def _http_error(exc: HTTPException) -> Response | HTTPException:
     errors = data.get("errors")
     if errors is None and "messages" in data:  # raised by webargs while parsing
         errors = _flatten(data["messages"])
-        detail = "The request is not valid; see `errors`."
+        detail = validation_detail(errors)
     elif isinstance(exc, RequestEntityTooLarge):
         detail = f"The body is larger than {current_app.config['MAX_CONTENT_LENGTH'] // 1024} KiB."
     else:
