@@ -168,8 +168,18 @@ RESPONSES = {
     ),
     412: ("PreconditionFailed", "If-Match names a version the task no longer has."),
     413: ("PayloadTooLarge", "The body is larger than 64 KiB."),
+    414: (
+        "URITooLong",
+        "The request line is longer than 8 KiB (a list URL with a long `q` or `cursor`, "
+        "say); shorten it. Answered by the HTTP server before the app sees the request.",
+    ),
     415: ("UnsupportedMediaType", "A body was sent that is not `application/json`."),
     422: ("ValidationFailed", "A field or parameter is not valid; see `errors`."),
+    431: (
+        "RequestHeaderFieldsTooLarge",
+        "A header field is longer than 8 KiB, or there are more than 100 of them. Answered "
+        "by the HTTP server before the app sees the request.",
+    ),
     500: ("InternalServerError", "An unexpected failure; quote `request_id` when reporting it."),
     503: (
         "ServiceUnavailable",

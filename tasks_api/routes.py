@@ -90,10 +90,13 @@ def operation(operation_id: str, *statuses: int, headers: Sequence[str] = ()) ->
 
     Operations that can answer 401 require the bearer token (the document's default);
     the others say they need none. `headers` names request header parameters.
+    Operations that take a token also list the HTTP server's 414 and 431: a list URL
+    (its `q`, its `cursor`) or a header field (the token, `If-Match`) can pass its limits.
     """
+    limits = (414, 431) if 401 in statuses else ()
     responses: dict[int, Any] = {
         status: {"$ref": f"#/components/responses/{errors.RESPONSES[status][0]}"}
-        for status in (*statuses, 500)
+        for status in sorted((*statuses, *limits, 500))
         if status != 304
     }
     if 304 in statuses:
