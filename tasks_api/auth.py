@@ -141,13 +141,15 @@ def _download(url: str) -> bytes:
     deadline = time.monotonic() + JWKS_DEADLINE_SECONDS
     for _ in range(JWKS_MAX_REDIRECTS + 1):
         parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise FetchError("redirected to a URL that is not http(s)")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise FetchError("no answer within the deadline")
         connection_class = (
             http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         )
-        connection = connection_class(parts.hostname or "", parts.port, timeout=remaining)
+        connection = connection_class(parts.hostname, parts.port, timeout=remaining)
         timer = threading.Timer(remaining, _cut, (connection,))
         timer.start()
         try:
@@ -182,7 +184,8 @@ def _cut(connection: http.client.HTTPConnection) -> None:
     sock = connection.sock
     if sock is not None:
         with contextlib.suppress(OSError):
-            # socket.socket's own shutdown, also for TLS: ssl's would wait on the peer.
+            # socket.socket's own shutdown, also under TLS: SSLSocket's would first drop
+            # its TLS state from under the thread that is reading.
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
