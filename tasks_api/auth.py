@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import logging
 import math
+import socket
 import threading
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import jwt
 from flask import Flask, current_app, request
@@ -24,70 +27,162 @@ log = logging.getLogger(__name__)
 SECRET_FILE = "auth-secret"
 # Clock skew tolerated between the token's issuer and this server.
 LEEWAY_SECONDS = 30
-JWKS_TIMEOUT_SECONDS = 3.0
+# One deadline for a whole fetch of the key set: connecting, the answer's headers, its body.
+JWKS_DEADLINE_SECONDS = 3.0
 JWKS_MAX_BYTES = 256 * 1024
+JWKS_MAX_REDIRECTS = 3
 # Even with no unknown `kid`, keys are refetched this often so removed ones stop working.
 JWKS_MAX_AGE_SECONDS = 600.0
 # A verified token is trusted again without checking for this long (never past its
 # `exp`); the cache holds this many tokens, and starts over when full.
 VERIFIED_SECONDS = 60.0
 VERIFIED_MAX = 4096
+# The last second of the year 9999: a NumericDate past it is not a date (RFC 7519 2).
+LATEST_TIME = 253_402_300_799
 
 
 class KeySet:
     """The keys published at a JWKS URL, cached.
 
     A token whose `kid` is not in the cache triggers a fetch, but at most one fetch
-    per cooldown: tokens with made-up `kid`s cannot make the server fetch on every
-    request. A failed fetch keeps the keys already held; with no key for the token,
-    that is a 503 (the server cannot tell), never a pass.
+    per cooldown (counted from the end of the last one): tokens with made-up `kid`s
+    cannot make the server fetch on every request. A failed fetch, whatever went wrong,
+    keeps the keys already held; with no key for the token, that is a 503 (the server
+    cannot tell), never a pass and never a 401.
+
+    Safe under threaded workers: one thread fetches at a time, within
+    JWKS_DEADLINE_SECONDS. Tokens whose key is held never wait for it (a key due for
+    its periodic refresh is used as is while another thread refreshes), and a token
+    whose key is missing waits at most the deadline for the fetch in progress.
     """
 
     def __init__(self, url: str, *, cooldown: float) -> None:
         self.url = url
         self.cooldown = cooldown
+        # Replaced whole, never changed in place: readers need no lock.
         self._keys: dict[str | None, PyJWK] = {}
-        self._fetched_at = -math.inf
+        self._fetched_at = -math.inf  # when the last fetch ended
         self._failed = False
-        self._lock = threading.Lock()
+        self._fetching = threading.Lock()
 
     def key(self, kid: str | None) -> PyJWK:
-        with self._lock:
+        key = self._find(kid)
+        if key is None and self._due(0.0):
+            # Wait for a fetch in progress (bounded by its deadline), or make one.
+            if self._fetching.acquire(timeout=JWKS_DEADLINE_SECONDS):
+                try:
+                    if self._due(0.0):  # not just fetched by the thread we waited for
+                        self._fetch()
+                finally:
+                    self._fetching.release()
             key = self._find(kid)
-            since = time.monotonic() - self._fetched_at
-            if (key is None or since >= JWKS_MAX_AGE_SECONDS) and since >= self.cooldown:
-                self._fetch()
+        elif key is not None and self._due(JWKS_MAX_AGE_SECONDS):
+            # Time to refresh: unless another thread is at it already. The key held
+            # serves this request either way; a refresh that fails keeps it.
+            if self._fetching.acquire(blocking=False):
+                try:
+                    self._fetch()
+                finally:
+                    self._fetching.release()
                 key = self._find(kid)
-            if key is not None:
-                return key
-            if self._failed:
-                wait = self.cooldown - (time.monotonic() - self._fetched_at)
-                errors.service_unavailable(
-                    "The token's signing keys cannot be fetched right now; retry shortly.",
-                    retry_after=max(1, math.ceil(wait)),
-                )
-            errors.unauthorized("The token is signed with an unknown key.", token_sent=True)
+        if key is not None:
+            return key
+        if self._failed or self._fetching.locked():
+            wait = max(0.0, self.cooldown - (time.monotonic() - self._fetched_at))
+            errors.service_unavailable(
+                "The token's signing keys cannot be fetched right now; retry shortly.",
+                retry_after=max(1, math.ceil(wait)),
+            )
+        errors.unauthorized("The token is signed with an unknown key.", token_sent=True)
+
+    def _due(self, age: float) -> bool:
+        """Whether a fetch may start: past the cooldown, and the keys older than `age`."""
+        return time.monotonic() - self._fetched_at >= max(age, self.cooldown)
 
     def _find(self, kid: str | None) -> PyJWK | None:
-        if kid is None and len(self._keys) == 1:  # a single key needs no `kid`
-            return next(iter(self._keys.values()))
-        return self._keys.get(kid)
+        keys = self._keys
+        if kid is None and len(keys) == 1:  # a single key needs no `kid`
+            return next(iter(keys.values()))
+        return keys.get(kid)
 
     def _fetch(self) -> None:
-        self._fetched_at = time.monotonic()
         try:
-            req = urllib.request.Request(self.url, headers={"Accept": "application/json"})
-            with urllib.request.urlopen(req, timeout=JWKS_TIMEOUT_SECONDS) as response:
-                body = response.read(JWKS_MAX_BYTES + 1)
-            if len(body) > JWKS_MAX_BYTES:
-                raise ValueError("key set too large")
-            keys = _signing_keys(json.loads(body))
-        except (OSError, ValueError) as exc:
+            keys = _signing_keys(json.loads(_download(self.url)))
+        except Exception as exc:  # whatever it was, the keys are not to be had
             self._failed = True
-            log.warning("fetching keys from %s failed: %s", self.url, type(exc).__name__)
-            return
-        self._keys, self._failed = keys, False
-        log.info("fetched %d signing keys from %s", len(keys), self.url)
+            log.warning("fetching keys from %s failed: %s", self.url, _reason(exc))
+        else:
+            self._keys, self._failed = keys, False
+            log.info("fetched %d signing keys from %s", len(keys), self.url)
+        finally:
+            self._fetched_at = time.monotonic()
+
+
+class FetchError(Exception):
+    """The key server's answer is not a key set (its status, size or redirects)."""
+
+
+def _reason(exc: Exception) -> str:
+    # Our own messages say what was wrong; others' may quote the server's answer.
+    return str(exc) if isinstance(exc, FetchError) else type(exc).__name__
+
+
+def _download(url: str) -> bytes:
+    """GET `url` and return its body, all within JWKS_DEADLINE_SECONDS, or raise.
+
+    urllib's timeout bounds each socket operation, not the exchange: a server sending a
+    byte every 2 s would hold the request forever. Here a timer shuts the socket down
+    when the deadline passes, which ends any read or write in progress.
+    """
+    deadline = time.monotonic() + JWKS_DEADLINE_SECONDS
+    for _ in range(JWKS_MAX_REDIRECTS + 1):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise FetchError("redirected to a URL that is not http(s)")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchError("no answer within the deadline")
+        connection_class = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        connection = connection_class(parts.hostname, parts.port, timeout=remaining)
+        timer = threading.Timer(remaining, _cut, (connection,))
+        timer.start()
+        try:
+            connection.connect()
+            if not timer.is_alive():  # the name took the whole deadline to resolve
+                raise FetchError("no answer within the deadline")
+            path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+            connection.request("GET", path, headers={"Accept": "application/json"})
+            response = connection.getresponse()
+            if response.status in (301, 302, 303, 307, 308) and response.getheader("Location"):
+                target = urljoin(url, response.getheader("Location", ""))
+                if parts.scheme == "https" and not target.startswith("https://"):
+                    raise FetchError("redirected from https to another scheme")
+                url = target
+                continue
+            if response.status != 200:
+                raise FetchError(f"HTTP {response.status}")
+            body = response.read(JWKS_MAX_BYTES + 1)
+            if len(body) > JWKS_MAX_BYTES:
+                raise FetchError(f"key set larger than {JWKS_MAX_BYTES // 1024} KiB")
+            if not timer.is_alive():  # cut: what was read may be short
+                raise FetchError("no answer within the deadline")
+            return body
+        finally:
+            timer.cancel()
+            connection.close()
+    raise FetchError("too many redirects")
+
+
+def _cut(connection: http.client.HTTPConnection) -> None:
+    """Shut the connection's socket down: a read or write blocked on it ends at once."""
+    sock = connection.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            # socket.socket's own shutdown, also under TLS: SSLSocket's would first drop
+            # its TLS state from under the thread that is reading.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _signing_keys(document: Any) -> dict[str | None, PyJWK]:
@@ -99,7 +194,7 @@ def _signing_keys(document: Any) -> dict[str | None, PyJWK]:
             continue
         try:
             key = PyJWK(data)
-        except jwt.PyJWTError:  # a key type or curve this server cannot use
+        except Exception:  # a key type or curve this server cannot use, or not a key
             continue
         keys[key.key_id] = key
     if not keys:
@@ -135,7 +230,7 @@ class Authenticator:
         if len(self._verified) >= VERIFIED_MAX:
             # Emptied rather than trimmed: one call, safe under gunicorn's threaded workers.
             self._verified.clear()
-        until = min(float(claims["exp"]) + LEEWAY_SECONDS, now + VERIFIED_SECONDS)
+        until = min(claims["exp"] + LEEWAY_SECONDS, now + VERIFIED_SECONDS)
         self._verified[token] = (subject, until)
         return subject
 
@@ -168,6 +263,10 @@ class Authenticator:
             errors.unauthorized("The token was issued for another service.", token_sent=True)
         except jwt.InvalidTokenError:
             errors.unauthorized("The token is not valid.", token_sent=True)
+        # PyJWT takes any value int() takes: 10**400, -5, "123", true.
+        for name in ("exp", "nbf", "iat"):
+            if name in claims and not _is_time(claims[name]):
+                errors.unauthorized(f"The token's `{name}` claim is not a time.", token_sent=True)
         return claims
 
     def issue(self, user_id: str, lifetime: timedelta) -> str:
@@ -180,6 +279,11 @@ class Authenticator:
         if self.audience:
             claims["aud"] = self.audience
         return jwt.encode(claims, self.secret, algorithm=self.algorithms[0])
+
+
+def _is_time(value: Any) -> bool:
+    """A NumericDate (RFC 7519 2): a JSON number of seconds, from 1970 to the year 9999."""
+    return type(value) in (int, float) and 0 <= value <= LATEST_TIME
 
 
 def init_app(app: Flask, settings: Settings) -> None:

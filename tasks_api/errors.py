@@ -6,7 +6,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from typing import Any, NoReturn
 
@@ -87,9 +87,37 @@ def task_not_found() -> NoReturn:
 
 
 def validation_failed(errors: Mapping[str, list[str]]) -> NoReturn:
-    exc = UnprocessableEntity("The request is not valid; see `errors`.")
+    exc = UnprocessableEntity(validation_detail(errors))
     exc.data = {"errors": dict(errors)}  # type: ignore[attr-defined]
     raise exc
+
+
+def validation_detail(errors: Mapping[str, Any]) -> str:
+    """The first problem in words, and how many more: front ends show `detail` as is.
+
+    `title: Shorter than minimum length 1. (and 2 more problems; see `errors`)`
+    """
+    problems = list(_problems(errors, ""))
+    if not problems:
+        return "The request is not valid; see `errors`."
+    where, message = problems[0]
+    detail = f"{where}: {message}" if where else message
+    if len(problems) > 1:
+        more = len(problems) - 1
+        detail += f" (and {more} more problem{'s' if more > 1 else ''}; see `errors`)"
+    return detail
+
+
+def _problems(messages: Any, where: str) -> Iterator[tuple[str, str]]:
+    """(field, message) for each message, nested fields dotted: `tags.0`."""
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            yield from _problems(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(messages, list | tuple):
+        for message in messages:
+            yield from _problems(message, where)
+    else:
+        yield where, str(messages)
 
 
 def problem(
@@ -125,7 +153,7 @@ def _http_error(exc: HTTPException) -> Response | HTTPException:
     errors = data.get("errors")
     if errors is None and "messages" in data:  # raised by webargs while parsing
         errors = _flatten(data["messages"])
-        detail = "The request is not valid; see `errors`."
+        detail = validation_detail(errors)
     elif isinstance(exc, RequestEntityTooLarge):
         detail = f"The body is larger than {current_app.config['MAX_CONTENT_LENGTH'] // 1024} KiB."
     else:
@@ -147,8 +175,18 @@ RESPONSES = {
     ),
     412: ("PreconditionFailed", "If-Match names a version the task no longer has."),
     413: ("PayloadTooLarge", "The body is larger than 64 KiB."),
+    414: (
+        "URITooLong",
+        "The request line is longer than 8 KiB (a list URL with a long `q` or `cursor`, "
+        "say); shorten it. Answered by the HTTP server before the app sees the request.",
+    ),
     415: ("UnsupportedMediaType", "A body was sent that is not `application/json`."),
     422: ("ValidationFailed", "A field or parameter is not valid; see `errors`."),
+    431: (
+        "RequestHeaderFieldsTooLarge",
+        "A header field is longer than 8 KiB, or there are more than 100 of them. Answered "
+        "by the HTTP server before the app sees the request.",
+    ),
     500: ("InternalServerError", "An unexpected failure; quote `request_id` when reporting it."),
     503: (
         "ServiceUnavailable",

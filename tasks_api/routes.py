@@ -12,11 +12,11 @@ from uuid import UUID
 
 import flask_smorest
 import marshmallow as ma
-from flask import Response, current_app, request, url_for
+from flask import Request, Response, current_app, request, url_for
 from flask.views import MethodView
 from webargs.core import is_json, missing
 from webargs.flaskparser import FlaskParser
-from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 from . import auth, db, errors, pages, repository
 from .repository import Row
@@ -45,7 +45,7 @@ class JSONBodyParser(FlaskParser):
     """
 
     def load_json(self, req: Any, schema: ma.Schema) -> Any:
-        body = req.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH
+        body = _whole_body(req)
         if not body:
             return missing
         if not is_json(req.mimetype):
@@ -57,6 +57,22 @@ class JSONBodyParser(FlaskParser):
         if not isinstance(data, dict):
             raise BadRequest("The body must be a JSON object.")
         return data
+
+
+def _whole_body(req: Request) -> bytes:
+    """The whole body, or a 413 when it is longer than MAX_CONTENT_LENGTH.
+
+    werkzeug refuses an announced `Content-Length` over the limit, but a chunked body
+    (no length announced) it reads up to the limit and stops there without a word, so
+    a longer body would arrive cut short. One more byte from the server's stream tells
+    a body that ends at the limit from one that goes on.
+    """
+    body = req.get_data(cache=True)
+    limit = req.max_content_length
+    if req.content_length is None and limit is not None and len(body) >= limit:
+        if req.input_stream.read(1):
+            raise RequestEntityTooLarge()
+    return body
 
 
 class Blueprint(flask_smorest.Blueprint):
@@ -74,10 +90,13 @@ def operation(operation_id: str, *statuses: int, headers: Sequence[str] = ()) ->
 
     Operations that can answer 401 require the bearer token (the document's default);
     the others say they need none. `headers` names request header parameters.
+    Operations that take a token also list the HTTP server's 414 and 431: a list URL
+    (its `q`, its `cursor`) or a header field (the token, `If-Match`) can pass its limits.
     """
+    limits = (414, 431) if 401 in statuses else ()
     responses: dict[int, Any] = {
         status: {"$ref": f"#/components/responses/{errors.RESPONSES[status][0]}"}
-        for status in (*statuses, 500)
+        for status in sorted((*statuses, *limits, 500))
         if status != 304
     }
     if 304 in statuses:

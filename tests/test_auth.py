@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -238,6 +241,183 @@ def test_a_key_server_that_is_down_gives_503_and_never_lets_a_request_in(
         assert len(listed.get_json()) == 1  # the refused request created nothing
 
 
+# --- a key server that misbehaves at the socket level -----------------------------------
+
+
+class RawKeyServer:
+    """A TCP server on 127.0.0.1 that answers each connection as `mode` says: "up"
+    (the key set, well formed), or one of the failures in MISBEHAVIOURS.
+    """
+
+    def __init__(self, keys: list[SigningKey]) -> None:
+        self.keys = keys
+        self.mode = "up"
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._closing = threading.Event()
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/.well-known/jwks.json"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn, self.mode), daemon=True).start()
+
+    def _answer(self, conn: socket.socket, mode: str) -> None:
+        with conn, contextlib.suppress(OSError):
+            path = conn.recv(65536).split(b" ")[1]
+            if mode == "redirect" and path != b"/moved/jwks.json":
+                conn.sendall(b"HTTP/1.1 308 Permanent Redirect\r\nLocation: /moved/jwks.json\r\n")
+                conn.sendall(b"Content-Length: 0\r\n\r\n")
+            elif mode == "redirect-loop":
+                conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: " + path + b"\r\n\r\n")
+            elif mode == "hang":  # accepted, then silence
+                self._closing.wait(10)
+            elif mode == "trickle":  # a well-formed answer, one byte every 2 s
+                for byte in self._response(self._key_set()):
+                    if self._closing.wait(2):
+                        return
+                    conn.sendall(bytes([byte]))
+            elif mode == "not-http":
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+            elif mode == "broken-chunked":
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b'Transfer-Encoding: chunked\r\n\r\n10\r\n{"keys": [\r\nzz\r\n'
+                )
+            elif mode == "deep-json":
+                conn.sendall(self._response(b'{"keys": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"))
+            elif mode == "300kb":  # the real key among enough others to weigh 300 KB
+                filler = [{"kty": "oct", "kid": f"filler-{i}", "k": "A" * 200} for i in range(1200)]
+                conn.sendall(self._response(self._key_set(filler)))
+            elif mode == "not-utf8":
+                conn.sendall(self._response(b'{"keys": [{"kid": "\xff\xfe"}]}'))
+            elif mode == "bad-keys":  # JSON, but no key in it is a key
+                conn.sendall(
+                    self._response(b'{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": 1}]}')
+                )
+            else:
+                conn.sendall(self._response(self._key_set()))
+
+    def _key_set(self, extra: list[dict[str, Any]] | None = None) -> bytes:
+        return json.dumps({"keys": [key.jwk for key in self.keys] + (extra or [])}).encode()
+
+    @staticmethod
+    def _response(body: bytes) -> bytes:
+        head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        return f"{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+
+    def close(self) -> None:
+        self._closing.set()
+        self._listener.close()
+
+
+MISBEHAVIOURS = ["hang", "trickle", "not-http", "broken-chunked", "deep-json", "300kb"]
+MISBEHAVIOURS += ["not-utf8", "bad-keys", "redirect-loop"]
+
+
+@pytest.fixture
+def raw_keys(tmp_path: Path) -> Iterator[tuple[RawKeyServer, SigningKey, FlaskClient]]:
+    """A raw key server with one EdDSA key, and a client of an app that trusts it."""
+    key = new_key("EdDSA")
+    server = RawKeyServer([key])
+    settings = Settings.from_env(
+        {
+            "AUTH_JWKS_URL": server.url,
+            "AUTH_JWT_ISSUER": ISSUER,
+            "AUTH_JWT_AUDIENCE": AUDIENCE,
+            "AUTH_JWKS_COOLDOWN": "0.5",
+        }
+    )
+    yield server, key, create_app(settings, instance_path=str(tmp_path)).test_client()
+    server.close()
+
+
+def listing(client: FlaskClient, token: str) -> Any:
+    return client.get("/api/alice/tasks", headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.mark.parametrize("mode", MISBEHAVIOURS)
+def test_a_key_server_that_misbehaves_is_503_within_the_deadline_never_500_or_401(
+    raw_keys: tuple[RawKeyServer, SigningKey, FlaskClient], mode: str
+) -> None:
+    server, key, client = raw_keys
+    server.mode = mode
+    token = key.sign(claims())
+
+    started = time.monotonic()
+    first = listing(client, token)
+    elapsed = time.monotonic() - started
+    connections = server.connections
+    # Within the cooldown no new fetch is made, and the token is still not refused.
+    again = listing(client, token)
+
+    assert_problem(first, 503)
+    assert int(first.headers["Retry-After"]) >= 1
+    assert elapsed < auth.JWKS_DEADLINE_SECONDS + 1
+    assert_problem(again, 503)
+    assert server.connections == connections
+
+    server.mode = "up"
+    time.sleep(0.6)
+    assert listing(client, token).status_code == 200
+
+
+def test_a_key_set_that_moved_is_followed(
+    raw_keys: tuple[RawKeyServer, SigningKey, FlaskClient],
+) -> None:
+    server, key, client = raw_keys
+    server.mode = "redirect"
+
+    assert listing(client, key.sign(claims())).status_code == 200
+    assert server.connections == 2
+
+
+def test_requests_do_not_pile_up_behind_a_fetch(
+    raw_keys: tuple[RawKeyServer, SigningKey, FlaskClient],
+) -> None:
+    server, key, client = raw_keys
+    server.mode = "hang"
+    tokens = [key.sign(claims(jti=str(n))) for n in range(8)]  # none verified yet
+
+    def timed(token: str) -> tuple[int, float]:
+        started = time.monotonic()
+        status = listing(client, token).status_code
+        return status, time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(timed, tokens))
+
+    assert [status for status, _ in results] == [503] * 8
+    assert max(elapsed for _, elapsed in results) < auth.JWKS_DEADLINE_SECONDS + 1
+    assert server.connections == 1
+
+
+def test_a_fetch_in_progress_does_not_hold_up_tokens_whose_key_is_held(
+    raw_keys: tuple[RawKeyServer, SigningKey, FlaskClient],
+) -> None:
+    server, key, client = raw_keys
+    assert listing(client, key.sign(claims())).status_code == 200
+    server.mode = "hang"
+    time.sleep(0.6)  # past the cooldown: an unknown key will make the server fetch
+    rotated = new_key("EdDSA")
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fetching = pool.submit(listing, client, rotated.sign(claims()))
+        time.sleep(0.3)
+        started = time.monotonic()
+        held = listing(client, key.sign(claims(jti="another")))
+        elapsed = time.monotonic() - started
+        assert_problem(fetching.result(), 503)  # the new key could not be fetched
+
+    assert held.status_code == 200
+    assert elapsed < 1
+
+
 def test_cached_keys_keep_working_while_the_key_server_is_down(
     jwks: JWKSServer, jwks_app: Callable[..., FlaskClient]
 ) -> None:
@@ -337,6 +517,46 @@ def test_invalid_hs256_tokens_are_401(client: FlaskClient, token: str) -> None:
 
     problem = assert_refused(response)
     assert token not in json.dumps(problem) or not token
+
+
+def signed(payload: str, secret: str = SECRET) -> str:
+    """An HS256 token around `payload` as written: JSON no encoder would produce."""
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(payload.encode())
+    signature = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + b64(signature)).decode()
+
+
+NOW = int(time.time())
+# Not a time: too large or small for a date, negative, not a JSON number.
+NOT_TIMES = ["1" + "0" * 400, "-1" + "0" * 400, "1e400", "-1e400", "NaN", "Infinity", "-1"]
+NOT_TIMES += ["1e300", '"soon"', f'"{NOW}"', "[]", "{}", "null", "true"]
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", NOT_TIMES)
+def test_a_time_claim_that_cannot_be_a_time_is_401(
+    client: FlaskClient, tasks_url: str, user_id: str, claim: str, value: str
+) -> None:
+    times = {"exp": str(NOW + 3600), "nbf": str(NOW - 60), "iat": str(NOW - 60), claim: value}
+    payload = ", ".join(f'"{name}": {time_}' for name, time_ in times.items())
+    token = signed(f'{{"sub": "{user_id}", {payload}}}')
+
+    assert_refused(client.get(tasks_url, headers={"Authorization": f"Bearer {token}"}))
+
+
+@pytest.mark.parametrize("exp", [str(NOW + 3600), f"{NOW + 3600}.5"])
+def test_time_claims_that_are_times_are_accepted(
+    client: FlaskClient, tasks_url: str, user_id: str, exp: str
+) -> None:
+    token = signed(f'{{"sub": "{user_id}", "exp": {exp}, "nbf": 0, "iat": {NOW - 60}.25}}')
+
+    response = client.get(tasks_url, headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 200, response.get_json()
 
 
 def test_a_token_accepted_once_is_refused_after_it_expires(

@@ -82,6 +82,53 @@ def test_body_of_exactly_64_kib_is_read(client: FlaskClient, tasks_url: str) -> 
     assert_problem(client.post(tasks_url, data=body, content_type="application/json"), 422)
 
 
+# --- 422: a detail a person can act on ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field", "more"),
+    [
+        ("POST", "", {"title": ""}, "title", 0),
+        ("POST", "", {"title": 5, "description": 7, "completed": "yes"}, "title", 2),
+        ("POST", "", {"title": "x", "completed": "yes"}, "completed", 0),
+        ("POST", "", {"title": "x", "id": "mine"}, "id", 0),
+        ("POST", "", {"title": "x", "bogus": 1}, "bogus", 0),
+        ("POST", "", {"title": 5, "bogus": 1}, "title", 1),
+        ("PUT", "/{id}", {}, "json", 0),
+        ("GET", "?limit=0", None, "limit", 0),
+        ("GET", "?limit=0&sort=sideways", None, "sort", 1),
+        ("GET", "?cursor=forged", None, "cursor", 0),
+    ],
+)
+def test_a_422_detail_names_the_first_problem_and_counts_the_rest(
+    client: FlaskClient,
+    tasks_url: str,
+    task: dict[str, Any],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    field: str,
+    more: int,
+) -> None:
+    response = client.open(tasks_url + path.format(id=task["id"]), method=method, json=body)
+
+    problem = assert_problem(response, 422)
+    first = next(iter(problem["errors"]))
+    assert first == field
+    expected = f"{field}: {problem['errors'][field][0]}"
+    if more:
+        expected += f" (and {more} more problem{'s' if more > 1 else ''}; see `errors`)"
+    assert problem["detail"] == expected
+    assert sum(len(messages) for messages in problem["errors"].values()) == more + 1
+    assert stored(client, tasks_url) == [task]
+
+
+def test_a_422_for_the_path_names_the_user_id(client: FlaskClient) -> None:
+    problem = assert_problem(client.get("/api/has%20space/tasks"), 422)
+
+    assert problem["detail"].startswith("user_id: Must be 1 to 128 characters")
+
+
 # --- 415 and bodies that count as none ------------------------------------------------
 
 
