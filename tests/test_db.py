@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 import subprocess
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 from sqlalchemy.engine import URL
 
 from tasks_api import create_app, db
@@ -112,33 +110,6 @@ def test_gunicorn_names_a_database_behind_the_code_at_start(backend: str, tmp_pa
     assert "The database schema is at revision (none) but this version of the service " in logged
     assert f"needs {db.HEAD_REVISION}: {UPGRADE}" in logged
     assert "Traceback" not in logged
-
-
-@pytest.fixture
-def unreachable(tmp_path: Path) -> FlaskClient:
-    settings = Settings.from_env(
-        {
-            "DATABASE_URL": "postgresql://app:hunter2@127.0.0.1:1/tasks",
-            "DB_POOL_TIMEOUT": "2",
-            **REQUIRED,
-        }
-    )
-    app = create_app(settings, instance_path=str(tmp_path))
-    app.test_client_class = UserClient
-    return app.test_client()
-
-
-def test_an_outage_is_logged_once_with_the_drivers_reason(
-    unreachable: FlaskClient, caplog: pytest.LogCaptureFixture
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="tasks_api"):
-        for _ in range(5):
-            assert unreachable.get("/api/alice/tasks").status_code == 503
-
-    lines = [r.getMessage() for r in caplog.records if "database unavailable" in r.getMessage()]
-    assert len(lines) == 1
-    assert 'connection to server at "127.0.0.1", port 1 failed: Connection refused' in lines[0]
-    assert "hunter2" not in caplog.text
 
 
 def test_embedded_mode_keeps_its_files_to_this_user(tmp_path: Path) -> None:

@@ -302,6 +302,19 @@ def test_unreachable_database_is_503_with_retry_after(
     assert "hunter2" not in caplog.text
 
 
+def test_an_outage_is_logged_once_with_the_drivers_reason(
+    unreachable: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="tasks_api"):
+        for _ in range(5):
+            assert unreachable.get("/api/alice/tasks").status_code == 503
+
+    lines = [r.getMessage() for r in caplog.records if "database unavailable" in r.getMessage()]
+    assert len(lines) == 1
+    assert 'connection to server at "127.0.0.1", port 1 failed: Connection refused' in lines[0]
+    assert "hunter2" not in caplog.text
+
+
 def test_liveness_does_not_need_the_database(unreachable: FlaskClient) -> None:
     response = unreachable.get("/health")
 
