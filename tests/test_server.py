@@ -21,11 +21,18 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from tasks_api import db
 from tasks_api.server import READ_TIMEOUT
-from tests.support import BACKENDS, REQUIRED, free_port, start_gunicorn, token_for
+from tests.support import (
+    BACKENDS,
+    REQUIRED,
+    PgBouncer,
+    free_port,
+    start_gunicorn,
+    token_for,
+)
 
 WORKERS = 2
 PRIVATE = "private search text"
@@ -305,7 +312,27 @@ def test_sigterm_answers_every_request_already_sent(database: str, tmp_path: Pat
 # --- a statement stuck behind a lock --------------------------------------------------------
 
 
-def test_a_write_stuck_on_a_row_lock_is_a_503_and_changes_nothing(server: Server) -> None:
+@pytest.fixture(params=["postgresql", "pgbouncer"])
+def any_server(request: pytest.FixtureRequest, server: Server, tmp_path: Path) -> Iterator[Server]:
+    """The module's server, or one through PgBouncer in transaction mode (as on Neon)."""
+    if request.param == "postgresql":
+        yield server
+        return
+    if "pgbouncer" not in BACKENDS:
+        pytest.skip("no pgbouncer backend here")
+    pooler: PgBouncer = request.getfixturevalue("pgbouncer")
+    pooled = pooler.url(make_url(server.database).database or "")
+    env = {
+        "DATABASE_URL": pooled.render_as_string(hide_password=False),
+        "DATABASE_URL_UNPOOLED": server.database,
+        "DB_PREPARE_THRESHOLD": "none",  # Debian's PgBouncer 1.18
+    }
+    with serving(server.database, tmp_path, **env) as running:
+        yield running
+
+
+def test_a_write_stuck_on_a_row_lock_is_a_503_and_changes_nothing(any_server: Server) -> None:
+    server = any_server
     user, other = f"user-{uuid.uuid4().hex}", f"user-{uuid.uuid4().hex}"
     created = exchange(server.port, request("POST", f"/api/{user}/tasks", user, {"title": "a"}))
     task = created.json()
