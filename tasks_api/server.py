@@ -140,6 +140,14 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.in_flight: dict[int, _InFlight] = {}
 
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        super().check_config(cfg, log)
+        # The poller reads request heads as bytes off the socket: plain HTTP/1.1 only,
+        # as behind a PaaS router (which ends TLS and speaks HTTP/1.1 to the app).
+        if cfg.is_ssl or "h2" in (cfg.http_protocols or ()):
+            raise SystemExit("tasks_api.server.Worker serves plain HTTP/1.1: no TLS, no HTTP/2")
+
     # --- heads read by the poller thread ------------------------------------------------
 
     def accept(self, listener: socket.socket) -> bool:
