@@ -17,6 +17,7 @@ with four changes, each for a promise of API.md:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -46,6 +47,12 @@ log = logging.getLogger("tasks_api.request")
 # end. Generous for a phone on a slow network sending at most 64 KiB; short enough that
 # a client holding connections open costs little.
 READ_TIMEOUT = 5.0
+# A body declared this large or smaller (the app's limit, plus one to tell "too large")
+# is awaited by the poller too, so a client that announces a body and sends it slowly
+# holds no thread either. Larger, chunked or `Expect: 100-continue`: read by the thread.
+BODY_AWAIT_BYTES = 64 * 1024 + 1
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,7})[ \t]*\r\n", re.IGNORECASE)
+_EXPECT = re.compile(rb"\r\nexpect:", re.IGNORECASE)
 # A head this large goes to a thread even unfinished: the parser then reads the rest
 # (within READ_TIMEOUT) and answers 431 if it is too large.
 HEAD_HANDOFF_BYTES = 64 * 1024
@@ -187,9 +194,7 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             data = b""
         if data:
             conn.head += data
-            head = conn.head
-            # A blank line ends the head (a bare LF one too: the parser answers 400).
-            if b"\n\r\n" not in head and b"\n\n" not in head and len(head) < HEAD_HANDOFF_BYTES:
+            if not _arrived(conn.head):
                 return
         self.poller.unregister(conn.sock)
         self.pending_conns.remove(conn)
@@ -199,6 +204,21 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             return
         conn.data_ready = True
         self.enqueue_req(conn)
+
+    def murder_pending(self) -> None:
+        """Drop the connections whose request has not arrived within READ_TIMEOUT: the
+        ones that sent part of it get a 408 first, the idle ones are just closed."""
+        now = time.monotonic()
+        while self.pending_conns and self.pending_conns[0].timeout <= now:
+            conn = self.pending_conns.popleft()
+            self.poller.unregister(conn.sock)
+            self.nr_conns -= 1
+            if conn.head:
+                request_id = uuid.uuid4().hex
+                _log_rejected(None, 408, ReadTimeout.description, request_id, None)
+                with contextlib.suppress(OSError):
+                    conn.sock.send(problem_response(408, ReadTimeout.description, request_id))
+            conn.close()
 
     def _keepalive_after(self, conn: Connection, keepalive: bool) -> bool:
         # A request whose body came too late leaves the connection at an unknown point.
@@ -353,6 +373,25 @@ def describe(exc: BaseException, cfg: Any) -> tuple[int, str]:
     if isinstance(exc, SystemExit):  # a sync worker aborted in the middle of a request
         return 500, "The request took too long and was stopped; retry it."
     return 500, "An unexpected error occurred. Quote the request id when reporting it."
+
+
+def _arrived(received: bytes) -> bool:
+    """Whether a thread may have the request: its head is complete (so is its body, when
+    one of known, small length was declared), or it is too large to wait for here.
+
+    Only decides when to hand over; the parser then reads it as if nothing happened,
+    and rejects what is malformed. A head ends with a blank line; a bare LF one too,
+    which the parser answers with a 400.
+    """
+    end = received.find(b"\r\n\r\n")
+    if end < 0:
+        return b"\n\n" in received or b"\n\r\n" in received or len(received) >= HEAD_HANDOFF_BYTES
+    head = received[: end + 2]
+    lengths = _CONTENT_LENGTH.findall(head)
+    if len(lengths) != 1 or _EXPECT.search(head):
+        return True
+    length = int(lengths[0])
+    return length > BODY_AWAIT_BYTES or len(received) - (end + 4) >= length
 
 
 def problem_response(status: int, detail: str, request_id: str) -> bytes:

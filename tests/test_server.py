@@ -210,14 +210,23 @@ def test_server_errors_leave_urls_out_of_the_logs(server: Server) -> None:
 # --- slow clients -----------------------------------------------------------------------
 
 
-def trickle(port: int, stop: threading.Event, dropped: list[float]) -> None:
-    """A slowloris client: a request head a byte every 0.1 s, reconnecting when dropped."""
-    head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 10_000 + b"\r\n\r\n"
+def trickle(port: int, body: bool, stop: threading.Event, dropped: list[float]) -> None:
+    """A slowloris client, reconnecting when dropped: a request head a byte every 0.1 s,
+    or (`body`) a whole head at once and then its declared body a byte every 0.1 s."""
+    if body:
+        user = f"user-{uuid.uuid4().hex}"
+        sent = request("POST", f"/api/{user}/tasks", user, {"title": "slow"})
+        head = sent.split(b"\r\n\r\n")[0]
+        head = head.replace(b"Content-Length: 17", b"Content-Length: 1000") + b"\r\n\r\n"
+        slow = b"x" * 1000
+    else:
+        head, slow = b"", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 10_000
     while not stop.is_set():
         started = time.monotonic()
         with socket.create_connection(("127.0.0.1", port)) as sock:
             try:
-                for byte in head:
+                sock.sendall(head)
+                for byte in slow:
                     if stop.is_set():
                         return
                     sock.send(bytes([byte]))
@@ -232,7 +241,10 @@ def test_idle_and_trickling_clients_do_not_hold_up_others(server: Server) -> Non
     opened = time.monotonic()
     stop = threading.Event()
     dropped: list[float] = []
-    slow = [threading.Thread(target=trickle, args=(server.port, stop, dropped)) for _ in range(2)]
+    slow = [
+        threading.Thread(target=trickle, args=(server.port, body, stop, dropped))
+        for body in (False, True)
+    ]
     for thread in slow:
         thread.start()
     try:
