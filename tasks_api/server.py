@@ -4,10 +4,12 @@
 gunicorn's gthread worker (a poller thread accepts, a pool of threads runs requests)
 with four changes, each for a promise of API.md:
 
-- A thread gets a connection only once its request head has arrived: the poller
-  thread reads heads without blocking, so idle connections and clients that send a
-  byte at a time hold no thread, and are dropped READ_TIMEOUT after they start. A
-  declared body must then arrive within READ_TIMEOUT too, or the request is a 408.
+- A thread gets a connection only once its request has arrived: the poller thread
+  reads the head, and a declared body of up to 64 KiB, without blocking. Idle
+  connections and clients that send a byte at a time hold no thread; a request not
+  arrived READ_TIMEOUT after it began is answered 408 (an idle connection is just
+  closed). A body the thread reads itself (chunked, larger, after `Expect:
+  100-continue`) has READ_TIMEOUT too.
 - On SIGTERM the worker accepts every connection still waiting in the kernel's accept
   queue before it stops listening, and answers them: a deploy loses no request.
 - The server's own errors (malformed request line or header, 414, 431, and the 500 of
@@ -108,7 +110,7 @@ class _DeadlineReader:
 
 
 class Connection(TConn):  # type: ignore[misc]
-    """gunicorn's connection, carrying the head bytes the poller thread has read."""
+    """gunicorn's connection, carrying the bytes the poller thread has read."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
