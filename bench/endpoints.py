@@ -4,7 +4,8 @@
 
 Installs wrk from Debian if missing, seeds a scratch PostgreSQL database, starts tasks_api
 (gunicorn, 2 workers, as the Procfile does), bench/baseline.py (bare WSGI) and
-bench/flask_baseline.py (plain Flask; both gunicorn, 2 workers, same SQL), and loads each
+bench/flask_baseline.py (plain Flask; both gunicorn, 2 workers, same SQL, under the app's
+worker model: tasks_api.server.Worker with 4 threads, a pool of 4), and loads each
 with wrk (2 threads, 16 connections; bench/tasks.lua) for GET one, list (20 tasks),
 create, update, toggle and delete, alternating the apps over --rounds rounds. Prints
 req/s, p50, p99 and errors (median of the rounds) and the ratio to the baseline; database
@@ -68,6 +69,8 @@ DATABASE = "tasks_api_bench_endpoints"
 MODES = ["get", "list", "create", "update", "toggle", "delete"]
 KINDS = ("baseline", "flask", "app")  # the order of each round
 THREADS, CONNECTIONS = 2, 16
+# The baselines under the app's worker model (gunicorn.conf.py: WEB_THREADS default 4).
+SAME_WORKER = ["--worker-class", "tasks_api.server.Worker", "--threads", "4"]
 SECRET = secrets.token_urlsafe(32)
 COUNTED, DELAYED = 50, 15  # requests per endpoint through the proxy: counted; at 20 ms RTT
 
@@ -174,7 +177,7 @@ class Server:
         env_extra: dict[str, str] | None = None,
     ) -> None:
         """`worker`: gunicorn options for the worker model (default: the app's own
-        config; the baselines' gunicorn defaults, sync)."""
+        config, and the same threaded worker for the baselines)."""
         self.port = free_port()
         env = {**os.environ, "PORT": str(self.port), "WEB_CONCURRENCY": "2", **(env_extra or {})}
         if kind == "app":
@@ -194,7 +197,7 @@ class Server:
                 f"127.0.0.1:{self.port}",
                 "bench.flask_baseline:app" if kind == "flask" else "bench.baseline:app",
             ]
-        command[1:1] = worker or []
+        command[1:1] = worker if worker is not None else ([] if kind == "app" else SAME_WORKER)
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, "-m", *command],
@@ -638,7 +641,7 @@ def network(url: str, work: Path, targets: dict[str, Path], options: argparse.Na
                     env = app_env
                 else:
                     threads = options.web_threads or "4"
-                    model = ["--worker-class", "tasks_api.server.Worker", "--threads", threads]
+                    model = [*SAME_WORKER[:-1], threads]
                     env = {"BASELINE_POOL_SIZE": threads}
                 server = Server(kind, proxied if via_proxy else url, model, env)
                 try:
