@@ -16,6 +16,12 @@ load_dotenv()
 # no PORT (a laptop), only this machine can connect.
 bind = f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else "127.0.0.1:8000"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Each worker runs requests in threads (tasks_api/server.py: gunicorn's gthread worker,
+# with read deadlines, a drained accept queue on SIGTERM and problem+json errors), so a
+# request waiting on the database leaves the process free for others. DB_POOL_SIZE
+# defaults to the same number: one connection per thread, none waited for.
+worker_class = "tasks_api.server.Worker"
+threads = int(os.environ.get("WEB_THREADS", "4"))
 # Under the 30 s that Heroku's router and SIGTERM-to-SIGKILL window allow.
 timeout = 25
 graceful_timeout = 25
@@ -33,6 +39,8 @@ control_socket_disable = True
 # gunicorn's largest: a list URL with a full cursor (up to 2048) and a 200-character search
 # percent-encoded can pass the 4094 default, and gunicorn would answer 414 itself.
 limit_request_line = 8190
+# API.md: header fields of up to 8 KiB each are always served (this counts the CRLF).
+limit_request_field_size = 8192 + 2
 
 
 def on_starting(server: object) -> None:

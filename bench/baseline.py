@@ -30,7 +30,7 @@ def _pool() -> ConnectionPool:
         pool = ConnectionPool(
             os.environ["BASELINE_DATABASE_URL"],
             min_size=1,
-            max_size=4,
+            max_size=int(os.environ.get("BASELINE_POOL_SIZE", "4")),
             kwargs={"autocommit": True, "row_factory": dict_row},
         )
     return pool

@@ -4,7 +4,8 @@
 
 Installs wrk from Debian if missing, seeds a scratch PostgreSQL database, starts tasks_api
 (gunicorn, 2 workers, as the Procfile does), bench/baseline.py (bare WSGI) and
-bench/flask_baseline.py (plain Flask; both gunicorn, 2 workers, same SQL), and loads each
+bench/flask_baseline.py (plain Flask; both gunicorn, 2 workers, same SQL, under the app's
+worker model: tasks_api.server.Worker with 4 threads, a pool of 4), and loads each
 with wrk (2 threads, 16 connections; bench/tasks.lua) for GET one, list (20 tasks),
 create, update, toggle and delete, alternating the apps over --rounds rounds. Prints
 req/s, p50, p99 and errors (median of the rounds) and the ratio to the baseline; database
@@ -15,6 +16,18 @@ Idempotency-Key and its replay; p50 with 10 ms added each way between app and da
 (20 ms round trip); plain Flask's ratio and each app's worker CPU time per request; RSS
 per worker, and cold start (exec of the Procfile's web command to the first 200 from
 /health).
+
+    python bench/endpoints.py --network [--delay-ms 2] [--seconds 5] [--rounds 3]
+
+The real network instead (GET one, list, create): a delaying proxy (bench/delay_proxy.c,
+built with cc; epoll, one thread) adds --delay-ms per round trip between the app and
+PostgreSQL, as a PaaS reaching Neon in the same region would. In each round, side by
+side: tasks_api as configured (gunicorn.conf.py's threaded worker) on loopback with 16
+and 64 connections, through the proxy with 64 and 256 (overload); the old default
+(sync workers) on loopback with 16 and through the proxy with 64; the bare WSGI baseline
+under the same threaded worker, on loopback and through the proxy with 64. Prints each
+configuration's median req/s, p50, p99, non-2xx and transport errors, the ratios the
+goals name, the proxy's CPU time, and the round trips per request.
 
 Everything runs on 127.0.0.1; the database is dropped afterwards.
 """
@@ -56,6 +69,8 @@ DATABASE = "tasks_api_bench_endpoints"
 MODES = ["get", "list", "create", "update", "toggle", "delete"]
 KINDS = ("baseline", "flask", "app")  # the order of each round
 THREADS, CONNECTIONS = 2, 16
+# The baselines under the app's worker model (gunicorn.conf.py: WEB_THREADS default 4).
+SAME_WORKER = ["--worker-class", "tasks_api.server.Worker", "--threads", "4"]
 SECRET = secrets.token_urlsafe(32)
 COUNTED, DELAYED = 50, 15  # requests per endpoint through the proxy: counted; at 20 ms RTT
 
@@ -64,6 +79,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--network", action="store_true", help="the delaying-proxy mode")
+    parser.add_argument("--delay-ms", type=float, default=2.0, help="per round trip")
+    parser.add_argument("--web-threads", help="WEB_THREADS for tasks_api (default: its own)")
     options = parser.parse_args()
     if shutil.which("wrk") is None:
         # A fresh machine has no package lists yet.
@@ -78,6 +96,10 @@ def main() -> None:
     try:
         db.upgrade(url.set(drivername="postgresql+psycopg"))
         plain = url.render_as_string(hide_password=False)
+        if options.network:
+            targets = seed(plain, work, 0)
+            network(plain, work, targets, options)
+            return
         targets = seed(plain, work, options.rounds)
         results = load(plain, work, targets, options)
         counts, delayed, notes = through_proxy(plain, n=COUNTED, n_delayed=DELAYED)
@@ -147,9 +169,17 @@ class Server:
     """gunicorn with 2 workers: tasks_api as the Procfile runs it ("app"), the bare WSGI
     baseline ("baseline") or plain Flask over the same SQL ("flask")."""
 
-    def __init__(self, kind: str, database_url: str) -> None:
+    def __init__(
+        self,
+        kind: str,
+        database_url: str,
+        worker: list[str] | None = None,
+        env_extra: dict[str, str] | None = None,
+    ) -> None:
+        """`worker`: gunicorn options for the worker model (default: the app's own
+        config, and the same threaded worker for the baselines)."""
         self.port = free_port()
-        env = {**os.environ, "PORT": str(self.port), "WEB_CONCURRENCY": "2"}
+        env = {**os.environ, "PORT": str(self.port), "WEB_CONCURRENCY": "2", **(env_extra or {})}
         if kind == "app":
             env |= {
                 "DATABASE_URL": database_url,
@@ -167,6 +197,7 @@ class Server:
                 f"127.0.0.1:{self.port}",
                 "bench.flask_baseline:app" if kind == "flask" else "bench.baseline:app",
             ]
+        command[1:1] = worker if worker is not None else ([] if kind == "app" else SAME_WORKER)
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, "-m", *command],
@@ -217,14 +248,18 @@ class Server:
 # --- load -----------------------------------------------------------------------------
 
 
-def wrk(port: int, mode: str, targets: Path, seconds: int) -> dict[str, float]:
+def wrk(
+    port: int, mode: str, targets: Path, seconds: int, connections: int = CONNECTIONS
+) -> dict[str, float]:
     output = subprocess.run(
         [
             "wrk",
             "-t",
             str(THREADS),
             "-c",
-            str(CONNECTIONS),
+            str(connections),
+            "--timeout",
+            "10s",
             "-d",
             f"{seconds}s",
             "--latency",
@@ -241,7 +276,11 @@ def wrk(port: int, mode: str, targets: Path, seconds: int) -> dict[str, float]:
         check=True,
     ).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
     return {
+        "transport": float(sum(map(int, socket_errors.groups()))) if socket_errors else 0.0,
         "requests": float(re.search(r"(\d+) requests in", output)[1]),  # type: ignore[index]
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1]),  # type: ignore[index]
         "p50": _ms(re.search(r"\s50%\s+([\d.]+\w+)", output)[1]),  # type: ignore[index]
@@ -521,6 +560,204 @@ def through_proxy(
         return counts, times, notes
     finally:
         server.stop()
+
+
+# --- the real network: a delaying proxy in front of PostgreSQL -----------------------------
+
+NETWORK_MODES = ["get", "list", "create"]
+SYNC = ["--worker-class", "sync", "--threads", "1"]  # the default before the threaded worker
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """One column of the network table: which app, worker model, path and load."""
+
+    label: str
+    kind: str  # app or baseline
+    worker: str  # "threads" (as configured) or "sync"
+    proxied: bool
+    connections: int
+
+
+def network_setups(delay: str) -> list[Setup]:
+    return [
+        Setup("tasks_api, loopback, 16 connections", "app", "threads", False, 16),
+        Setup("tasks_api sync (old default), loopback, 16", "app", "sync", False, 16),
+        Setup("tasks_api, loopback, 64", "app", "threads", False, 64),
+        Setup("bare WSGI floor (same worker), loopback, 64", "baseline", "threads", False, 64),
+        Setup(f"tasks_api, {delay}, 64", "app", "threads", True, 64),
+        Setup(f"tasks_api sync (old default), {delay}, 64", "app", "sync", True, 64),
+        Setup(f"bare WSGI floor (same worker), {delay}, 64", "baseline", "threads", True, 64),
+        Setup(f"tasks_api, {delay}, 256 (overload)", "app", "threads", True, 256),
+    ]
+
+
+class DelayProxy:
+    """bench/delay_proxy.c, built here, adding `delay_ms` per round trip."""
+
+    def __init__(self, work: Path, upstream_port: int, delay_ms: float) -> None:
+        binary = work / "delay_proxy"
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            raise SystemExit("--network needs a C compiler (apt-get install gcc)")
+        source = ROOT / "bench" / "delay_proxy.c"
+        subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], check=True)
+        self.port = free_port()
+        one_way_us = str(int(delay_ms * 1000 / 2))
+        self.process = subprocess.Popen(
+            [str(binary), str(self.port), str(upstream_port), one_way_us]
+        )
+        time.sleep(0.2)
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def network(url: str, work: Path, targets: dict[str, Path], options: argparse.Namespace) -> None:
+    delay = f"{options.delay_ms:g} ms"
+    setups = network_setups(delay)
+    proxy = DelayProxy(work, make_url(url).port or 5432, options.delay_ms)
+    proxied = make_url(url).set(port=proxy.port).render_as_string(hide_password=False)
+    app_env = {"WEB_THREADS": options.web_threads} if options.web_threads else {}
+    results: dict[Setup, dict[str, list[dict[str, float]]]] = {
+        setup: {mode: [] for mode in NETWORK_MODES} for setup in setups
+    }
+    proxy_cpu: list[float] = []  # share of one CPU while a proxied run lasted
+    started = time.monotonic()
+    try:
+        for _ in range(options.rounds):
+            # One server per (app, worker, path), each serving its setups' loads in turn.
+            servers: dict[tuple[str, str, bool], list[Setup]] = {}
+            for setup in setups:
+                servers.setdefault((setup.kind, setup.worker, setup.proxied), []).append(setup)
+            for (kind, worker, via_proxy), group in servers.items():
+                if kind == "app":
+                    model = SYNC if worker == "sync" else []
+                    env = app_env
+                else:
+                    threads = options.web_threads or "4"
+                    model = [*SAME_WORKER[:-1], threads]
+                    env = {"BASELINE_POOL_SIZE": threads}
+                server = Server(kind, proxied if via_proxy else url, model, env)
+                try:
+                    for setup in group:
+                        for mode in NETWORK_MODES:
+                            cpu, proxy_before = server.worker_cpu_seconds(), proxy.cpu_seconds()
+                            wall = time.monotonic()
+                            result = wrk(
+                                server.port,
+                                mode,
+                                targets["hot"],
+                                options.seconds,
+                                setup.connections,
+                            )
+                            wall = time.monotonic() - wall
+                            result["cpu_us"] = (
+                                (server.worker_cpu_seconds() - cpu) * 1e6 / result["requests"]
+                            )
+                            if via_proxy:
+                                proxy_cpu.append((proxy.cpu_seconds() - proxy_before) / wall)
+                            results[setup][mode].append(result)
+                finally:
+                    server.stop()
+        load_minutes = (time.monotonic() - started) / 60
+    finally:
+        proxy.stop()
+    counts, _, notes = through_proxy(url, n=COUNTED, n_delayed=0)
+    network_report(setups, results, proxy_cpu, counts, notes, load_minutes, options)
+
+
+def network_report(
+    setups: list[Setup],
+    results: dict[Setup, dict[str, list[dict[str, float]]]],
+    proxy_cpu: list[float],
+    counts: dict[str, Count],
+    notes: list[str],
+    load_minutes: float,
+    options: argparse.Namespace,
+) -> None:
+    def med(setup: Setup, mode: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[setup][mode])
+
+    delay = f"{options.delay_ms:g} ms"
+    threads = options.web_threads or "as configured"
+    print(
+        f"\nwrk -t{THREADS} -d{options.seconds}s, 2 gunicorn workers each (tasks_api threads: "
+        f"{threads}), local PostgreSQL, {delay} added per database round trip by "
+        f"bench/delay_proxy.c where it says so; medians of {options.rounds} rounds, setups "
+        f"alternating within each; {platform.node()}, {os.cpu_count()} CPUs, "
+        f"{time.strftime('%Y-%m-%d')}; load took {load_minutes:.1f} min\n"
+    )
+    print("| setup | GET one | list (20) | create |")
+    print("|---|---|---|---|")
+    for setup in setups:
+        cells = []
+        for mode in NETWORK_MODES:
+            cell = (
+                f"{med(setup, mode, 'rps'):.0f} req/s, p50 {med(setup, mode, 'p50'):.0f} / "
+                f"p99 {med(setup, mode, 'p99'):.0f} ms"
+            )
+            errors = med(setup, mode, "errors") + med(setup, mode, "transport")
+            if errors:
+                cell += (
+                    f", {med(setup, mode, 'errors'):.0f} non-2xx, "
+                    f"{med(setup, mode, 'transport'):.0f} transport errors"
+                )
+            cells.append(cell)
+        print(f"| {setup.label} | " + " | ".join(cells) + " |")
+
+    loop16, sync16 = setups[0], setups[1]
+    loop64, base_loop, net64, sync_net, base_net, overload = setups[2:]
+    print("\n| goal | GET one | list (20) | create |")
+    print("|---|---|---|---|")
+
+    def ratio_row(label: str, top: Setup, bottom: Setup) -> None:
+        values = [med(top, m, "rps") / med(bottom, m, "rps") for m in NETWORK_MODES]
+        print(f"| {label} | " + " | ".join(f"{v:.2f}x" for v in values) + " |")
+
+    ratio_row(f"{delay}, 64: throughput / same build on loopback, 64 (>= 0.8)", net64, loop64)
+    print(
+        f"| {delay}, 64: p99 / p50 (<= 4) | "
+        + " | ".join(f"{med(net64, m, 'p99') / med(net64, m, 'p50'):.1f}" for m in NETWORK_MODES)
+        + " |"
+    )
+    ratio_row("loopback, 16: throughput / old sync default (>= 0.85)", loop16, sync16)
+    print(
+        f"| {delay}, 256: transport errors (0), p99 (< 2000 ms) | "
+        + " | ".join(
+            f"{med(overload, m, 'transport'):.0f}, {med(overload, m, 'p99'):.0f} ms"
+            for m in NETWORK_MODES
+        )
+        + " |"
+    )
+    ratio_row(f"{delay}, 64: tasks_api / old sync default", net64, sync_net)
+    ratio_row(f"{delay}, 64: tasks_api / bare floor, same worker", net64, base_net)
+    ratio_row("loopback, 64: tasks_api / bare floor, same worker", loop64, base_loop)
+    ratio_row(f"bare floor: {delay} / loopback, 64", base_net, base_loop)
+    print(
+        "\nworker CPU per request (us), GET one / list / create: "
+        + "; ".join(
+            f"{setup.label}: " + " / ".join(f"{med(setup, m, 'cpu_us'):.0f}" for m in NETWORK_MODES)
+            for setup in (loop16, sync16, net64, overload)
+        )
+    )
+    if proxy_cpu:
+        print(
+            f"delay proxy CPU while loaded: median {statistics.median(proxy_cpu):.0%}, "
+            f"max {max(proxy_cpu):.0%} of one CPU (single-threaded, so 100% would be its limit)"
+        )
+    print(
+        "DB round trips per request (tasks_api as configured, counted one at a time): "
+        + ", ".join(f"{mode} {counts[mode].per_request:.2f}" for mode in NETWORK_MODES)
+        + f"; create with Idempotency-Key {counts['create with key'].per_request:.2f}"
+    )
+    for line in notes:
+        print(line)
 
 
 # --- report ---------------------------------------------------------------------------

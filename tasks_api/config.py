@@ -36,8 +36,11 @@ class Settings:
     # None selects the embedded SQLite file in the instance folder.
     database_url: URL | None = None
     database_url_unpooled: URL | None = None
-    db_pool_size: int = 5
-    db_pool_timeout: float = 10.0
+    # One connection per request thread of a worker (WEB_THREADS, read by gunicorn.conf.py).
+    db_pool_size: int = 4
+    # A request that waits this long for a connection is a 503: well inside the 20 s a
+    # request may take, with the 5 s statement_timeout (migration 0004) on top.
+    db_pool_timeout: float = 5.0
     # psycopg's prepare_threshold; None turns protocol-level prepared statements off.
     db_prepare_threshold: int | None = 5
     log_level: str = "INFO"
@@ -103,8 +106,13 @@ class Settings:
             database_url_unpooled=_database_url(
                 "DATABASE_URL_UNPOOLED", get("DATABASE_URL_UNPOOLED")
             ),
-            db_pool_size=_integer("DB_POOL_SIZE", get("DB_POOL_SIZE"), 5, minimum=1),
-            db_pool_timeout=_seconds("DB_POOL_TIMEOUT", get("DB_POOL_TIMEOUT"), 10.0),
+            db_pool_size=_integer(
+                "DB_POOL_SIZE",
+                get("DB_POOL_SIZE"),
+                _integer("WEB_THREADS", get("WEB_THREADS"), 4, minimum=1),
+                minimum=1,
+            ),
+            db_pool_timeout=_seconds("DB_POOL_TIMEOUT", get("DB_POOL_TIMEOUT"), 5.0),
             db_prepare_threshold=_prepare_threshold(get("DB_PREPARE_THRESHOLD")),
             log_level=_log_level(get("LOG_LEVEL")),
             log_format=_log_format(get("LOG_FORMAT")),

@@ -366,6 +366,11 @@ def _alembic(url: URL) -> Iterator[tuple[Any, Connection]]:
     # Alembic reports progress on stdout; it belongs with the rest of it, on stderr.
     try:
         with contextlib.redirect_stdout(sys.stderr), engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # The database's timeouts (migration 0004) are for requests; a migration
+                # may rewrite a large table. SET LOCAL: for this transaction only.
+                conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+                conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS))
             config.attributes["connection"] = conn

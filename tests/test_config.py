@@ -35,7 +35,7 @@ def test_defaults_select_the_embedded_database() -> None:
     assert settings.embedded
     assert settings.database_url is None
     assert settings.migration_url is None
-    assert (settings.db_pool_size, settings.db_pool_timeout) == (5, 10.0)
+    assert (settings.db_pool_size, settings.db_pool_timeout) == (4, 5.0)
     assert settings.db_prepare_threshold == 5
     assert settings.log_level == "INFO"
 
@@ -74,7 +74,12 @@ def test_blank_values_count_as_unset() -> None:
     settings = Settings.from_env({"DATABASE_URL": "  ", "DB_POOL_SIZE": ""})
 
     assert settings.embedded
-    assert settings.db_pool_size == 5
+    assert settings.db_pool_size == 4
+
+
+def test_the_pool_defaults_to_one_connection_per_request_thread() -> None:
+    assert Settings.from_env({"WEB_THREADS": "8"}).db_pool_size == 8
+    assert Settings.from_env({"WEB_THREADS": "8", "DB_POOL_SIZE": "3"}).db_pool_size == 3
 
 
 @pytest.mark.parametrize(
@@ -87,6 +92,7 @@ def test_blank_values_count_as_unset() -> None:
         ({"DATABASE_URL_UNPOOLED": "http://x"}, "DATABASE_URL_UNPOOLED: expected"),
         ({"DB_POOL_SIZE": "five"}, "DB_POOL_SIZE: expected an integer"),
         ({"DB_POOL_SIZE": "0"}, "DB_POOL_SIZE: expected an integer >= 1"),
+        ({"WEB_THREADS": "many"}, "WEB_THREADS: expected an integer"),
         ({"DB_POOL_TIMEOUT": "soon"}, "DB_POOL_TIMEOUT: expected a number of seconds"),
         ({"DB_POOL_TIMEOUT": "-1"}, "DB_POOL_TIMEOUT: expected seconds between"),
         ({"DB_PREPARE_THRESHOLD": "sometimes"}, "DB_PREPARE_THRESHOLD: expected an integer"),
