@@ -131,6 +131,8 @@ class Tags(fields.List[str]):
     def _deserialize(
         self, value: Any, attr: str | None, data: Any, **kwargs: Any
     ) -> list[str | None]:
+        if isinstance(value, list) and len(value) > TAGS_MAX:  # as sent, repeats and all
+            raise ma.ValidationError(f"Send at most {TAGS_MAX} tags.")
         tags = super()._deserialize(value, attr, data, **kwargs)
         seen: set[str] = set()
         kept: list[str | None] = []
@@ -301,10 +303,12 @@ class TaskQueryArgsSchema(ma.Schema):
     )
     status = DelimitedList(
         fields.String(validate=validate.OneOf(STATUSES)),
+        validate=validate.Length(min=1),
         metadata={"description": "Only tasks in one of these states (comma-separated)."},
     )
     priority = DelimitedList(
         fields.String(validate=validate.OneOf(PRIORITIES)),
+        validate=validate.Length(min=1),
         metadata={"description": "Only tasks of one of these priorities (comma-separated)."},
     )
     tag = fields.List(

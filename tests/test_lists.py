@@ -20,6 +20,8 @@ from tasks_api.repository import TASKS
 from tests.support import SECRET, UserClient, assert_problem
 
 SORTS = ["-created_at", "created_at", "-updated_at", "updated_at", "title", "-title"]
+# With the sorts whose ties go newest first (tests/test_planning.py checks their order).
+ALL_SORTS = [*SORTS, "due_date", "-due_date", "priority", "-priority"]
 LINK = re.compile(r'^<(?P<url>[^>]+)>; rel="next"$')
 
 
@@ -177,18 +179,28 @@ def test_paging_through_a_list_with_ties_returns_each_task_once_in_order(
     assert [t["id"] for t in paged] == expected_order(whole, sort)
 
 
-@pytest.mark.parametrize("sort", SORTS)
+@pytest.mark.parametrize("sort", ALL_SORTS)
 def test_tasks_added_and_removed_while_paging_do_not_shift_the_others(
     client: FlaskClient, tasks_url: str, sort: str
 ) -> None:
-    initial = [create(client, tasks_url, f"Task {n:02}") for n in range(30)]
+    priorities = ["low", "medium", "high", "urgent"]
+    initial = [
+        create(
+            client,
+            tasks_url,
+            f"Task {n:02}",
+            priority=priorities[n % 4],
+            due_date=None if n % 3 == 0 else f"2026-12-{1 + n % 7:02}",
+        )
+        for n in range(30)
+    ]
     removed: set[str] = set()
 
     def meanwhile(page: int) -> None:
         # Each page: add two tasks (one that sorts first, one last) and delete one
         # task not yet returned and one already returned.
-        create(client, tasks_url, f"aaa new {page}")
-        create(client, tasks_url, f"zzz new {page}")
+        create(client, tasks_url, f"aaa new {page}", priority="urgent", due_date="2026-01-01")
+        create(client, tasks_url, f"zzz new {page}", priority="low")
         for victim in (initial[-page], initial[page]):
             if victim["id"] not in removed:
                 assert client.delete(f"{tasks_url}/{victim['id']}").status_code == 204
@@ -407,7 +419,6 @@ SORT_INDEXES = {
     "priority": "ix_tasks_user_id_priority_asc",
     "-priority": "ix_tasks_user_id_priority_desc",
 }
-ALL_SORTS = [*SORTS, "due_date", "-due_date", "priority", "-priority"]
 
 
 def plan(app: Flask, query: Any, params: dict[str, Any]) -> str:
