@@ -27,7 +27,6 @@ from sqlalchemy import (
     case,
     delete,
     exists,
-    false,
     func,
     insert,
     literal,
@@ -350,8 +349,9 @@ def _owned(if_match: int | None = None) -> tuple[ColumnElement[bool], ...]:
     owned = (TASKS.c.id == bindparam("task_id"), TASKS.c.user_id == bindparam("owner"))
     if if_match is None:
         return owned
-    if if_match == 0:  # only weak or foreign tags: no version matches
-        return (*owned, false())
+    if if_match == 0:  # only weak or foreign tags: no version matches (they start at 1)
+        # Not false(): SQLAlchemy would fold the whole WHERE into it, naming no user.
+        return (*owned, TASKS.c.version < literal_column("1"))
     return (*owned, TASKS.c.version.in_([bindparam(f"if_match_{i}") for i in range(if_match)]))
 
 
