@@ -176,3 +176,45 @@ def test_title_pattern_in_the_document_agrees_with_the_server(
     accepted = client.post(tasks_url, json={"title": title}).status_code == 201
 
     assert accepted is bool(re.fullmatch(pattern, title))
+
+
+@pytest.mark.parametrize(
+    "tag",
+    ["home", " padded\t", "a b", "", "  ", "a\tb", "a\x01", "\x85x", "é" * 50, "x" * 51, "\u3000x"],
+)
+def test_tag_pattern_in_the_document_agrees_with_the_server(
+    client: FlaskClient, spec: dict[str, Any], tasks_url: str, tag: str
+) -> None:
+    item = spec["components"]["schemas"]["TaskCreate"]["properties"]["tags"]["items"]
+
+    accepted = client.post(tasks_url, json={"title": "t", "tags": [tag]}).status_code == 201
+
+    fits = len(tag.strip()) <= item["maxLength"]  # the limit applies once trimmed
+    assert accepted is (bool(re.fullmatch(item["pattern"], tag)) and fits)
+
+
+def test_the_planning_fields_are_typed_for_generated_clients(spec: dict[str, Any]) -> None:
+    schemas = spec["components"]["schemas"]
+    for name in ("Task", "TaskCreate", "TaskUpdate"):
+        props = schemas[name]["properties"]
+        assert props["status"]["enum"] == ["todo", "in_progress", "done"], name
+        assert props["priority"]["enum"] == ["low", "medium", "high", "urgent"], name
+        assert props["due_date"]["format"] == "date", name
+        assert props["due_date"]["type"] == ["string", "null"], name
+        assert props["tags"]["type"] == "array", name
+    create = schemas["TaskCreate"]["properties"]
+    assert create["title"]["maxLength"] == 500
+    assert create["description"]["maxLength"] == 8000
+    assert create["tags"]["maxItems"] == 20
+    assert (create["tags"]["items"]["minLength"], create["tags"]["items"]["maxLength"]) == (1, 50)
+
+    params = {p["name"]: p for p in spec["paths"]["/api/{user_id}/tasks"]["get"]["parameters"]}
+    assert params["status"]["schema"]["items"]["enum"] == ["todo", "in_progress", "done"]
+    assert params["status"]["explode"] is False  # comma-separated
+    assert params["priority"]["schema"]["items"]["enum"] == ["low", "medium", "high", "urgent"]
+    assert params["tag"]["explode"] is True  # repeated
+    for name in ("due_before", "due_after"):
+        assert params[name]["schema"]["format"] == "date"
+    assert {"due_date", "-due_date", "priority", "-priority"} <= set(
+        params["sort"]["schema"]["enum"]
+    )
