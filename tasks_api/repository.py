@@ -94,7 +94,7 @@ def list_tasks(
     *,
     user_id: str,
     sort: str = "-created_at",
-    filters: Filters = Filters(),  # noqa: B008 (frozen)
+    filters: Filters = Filters(),
     limit: int,
     after: tuple[Any, ...] | None = None,
 ) -> Sequence[Row]:
