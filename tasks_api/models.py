@@ -116,14 +116,14 @@ class Base(DeclarativeBase):
 class Task(Base):
     __tablename__ = "tasks"
 
-    # The primary key starts with user_id, as every index does: the table can be
+    # The primary key starts with user_id, as every sort's index does: the table can be
     # distributed by user (docs/distributed.md) and each request stays on one shard.
     id: Mapped[uuid.UUID]
     user_id: Mapped[str] = mapped_column(String(128))
     title: Mapped[str] = mapped_column(String(TITLE_MAX))
     description: Mapped[str | None] = mapped_column(String(DESCRIPTION_MAX))
-    # `completed` is `status = 'done'` kept as a column (a check holds them together),
-    # so the completed filter and older readers of the table keep working.
+    # `completed` is `status = 'done'` kept as a column (a check holds them together), so
+    # the completed_at check and whatever already reads the table keep working.
     completed: Mapped[bool]
     status: Mapped[str] = mapped_column(String(11), server_default="todo")
     priority: Mapped[str] = mapped_column(String(6), server_default="medium")
