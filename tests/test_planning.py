@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import update
+from sqlalchemy import NullPool, create_engine, update
 
+from tasks_api import repository
 from tasks_api.repository import TASKS
 from tests.support import assert_problem
 from tests.test_lists import create, next_url, walk
@@ -494,12 +495,22 @@ def test_a_cursor_used_with_another_new_filter_is_422(
     assert list(problem["errors"]) == ["cursor"]
 
 
-def test_a_task_due_today_stays_due_today_whatever_the_hour(
-    app: Flask, client: FlaskClient, tasks_url: str
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "Pacific/Pago_Pago"])
+def test_no_time_zone_shifts_a_due_date(
+    app: Flask, backend: str, client: FlaskClient, tasks_url: str, user_id: str, zone: str
 ) -> None:
-    # Late in the evening somewhere west of UTC is the next day in UTC; a date is a date.
-    task = create(client, tasks_url, "t", due_date=date(2026, 12, 31).isoformat())
+    # A session 14 hours ahead of UTC, or 11 behind, reads and filters the same day.
+    task = create(client, tasks_url, "t", due_date="2026-12-31")
+    day = date(2026, 12, 31)
+    url = app.extensions["tasks_api.engine"].url
+    engine = create_engine(url, poolclass=NullPool)  # a session of its own, then gone
+    try:
+        with engine.connect() as conn:
+            if backend != "sqlite":
+                conn.exec_driver_sql(f"SET TIME ZONE '{zone}'")
+            filters = repository.Filters(due_after=day, due_before=day)
+            rows = repository.list_tasks(conn, user_id=user_id, filters=filters, limit=5)
+    finally:
+        engine.dispose()
 
-    found = client.get(f"{tasks_url}?due_after=2026-12-31&due_before=2026-12-31").get_json()
-
-    assert [t["id"] for t in found] == [task["id"]]
+    assert [(str(row["id"]), row["due_date"]) for row in rows] == [(task["id"], day)]
