@@ -21,6 +21,7 @@ from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 from . import auth, db, errors, pages, repository
 from .repository import Row
 from .schemas import (
+    ONE_STATE,
     USER_ID,
     USER_ID_PATTERN,
     USER_ID_RULE,
@@ -118,8 +119,12 @@ def register(api: flask_smorest.Api) -> None:
             "headers": {"ETag": ETAG_HEADER["ETag"], "X-Request-ID": "RequestId"},
         },
     )
-    # marshmallow cannot say "at least one field"; JSON Schema can.
-    api.spec.components.schema("TaskUpdate", {"minProperties": 1}, schema=TaskUpdateSchema)
+    # marshmallow cannot say "at least one field", nor how status and completed agree;
+    # JSON Schema can.
+    api.spec.components.schema("TaskCreate", ONE_STATE, schema=TaskCreateSchema)
+    api.spec.components.schema(
+        "TaskUpdate", {"minProperties": 1, **ONE_STATE}, schema=TaskUpdateSchema
+    )
     api.register_blueprint(tasks, parameters=[_USER_ID_PARAMETER])
     api.register_blueprint(health)
 

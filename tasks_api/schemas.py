@@ -88,29 +88,69 @@ class CalendarDate(fields.Date):
 _CONTROL = "\\u0000-\\u001f\\u007f-\\u009f"
 
 
+def _flat(messages: Any) -> list[str]:
+    """An array's item errors as one list of messages, as a problem's `errors` promises:
+    `{"2": ["Must ..."]}` becomes `["Item 2: Must ..."]`."""
+    if not isinstance(messages, dict):
+        return list(messages) if isinstance(messages, list) else [str(messages)]
+    return [f"Item {index}: {text}" for index, item in messages.items() for text in _flat(item)]
+
+
+class FlatList(fields.List[str]):
+    """A list of strings whose item errors come as one list of messages."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> list[str | None]:
+        try:
+            return super()._deserialize(value, attr, data, **kwargs)
+        except ma.ValidationError as error:
+            raise ma.ValidationError(_flat(error.messages)) from None
+
+
+class FlatDelimitedList(DelimitedList):
+    """`a,b,c` in a query string, item errors as one list of messages."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._deserialize(value, attr, data, **kwargs)  # type: ignore[no-untyped-call]
+        except ma.ValidationError as error:
+            raise ma.ValidationError(_flat(error.messages)) from None
+
+
 class Tag(Text):
-    """One tag: trimmed, 1 to 50 characters, no control characters."""
+    """One tag: 1 to 50 characters once surrounding whitespace is trimmed, no control
+    characters.
+
+    The length is checked here rather than with a Length validator, which the document
+    would show as a `maxLength` of the untrimmed string; the pattern says it exactly.
+    """
 
     def __init__(self) -> None:
         outer, inner = f"[{_WS_CLASS}]*", f"[^{_CONTROL}]"
         edge = f"[^{_CONTROL}{_WS_CLASS}]"
         super().__init__(
             strip=True,
-            validate=validate.Length(min=1, max=TAG_MAX),
             metadata={
-                "pattern": f"^{outer}{edge}(?:{inner}*{edge})?{outer}$",
+                "pattern": f"^{outer}{edge}(?:{inner}{{0,{TAG_MAX - 2}}}{edge})?{outer}$",
+                "description": f"1 to {TAG_MAX} characters once surrounding whitespace is "
+                "trimmed; no control characters.",
                 "example": "errands",
             },
         )
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         tag: str = super()._deserialize(value, attr, data, **kwargs)
+        if not 1 <= len(tag) <= TAG_MAX:
+            raise ma.ValidationError(
+                f"Must be 1 to {TAG_MAX} characters once surrounding whitespace is trimmed."
+            )
         if any(unicodedata.category(char) == "Cc" for char in tag):
             raise ma.ValidationError("Must not contain control characters.")
         return tag
 
 
-class Tags(fields.List[str]):
+class Tags(FlatList):
     """0 to 20 tags, kept in order with repeats that differ only in case dropped (the
     first spelling wins)."""
 
@@ -226,6 +266,19 @@ def _due_date(**kwargs: Any) -> CalendarDate:
     )
 
 
+# The rule `TaskWriteSchema._one_state` checks, in JSON Schema, for the OpenAPI document:
+# when a body has both, `completed` is true exactly when `status` is `done`.
+ONE_STATE = {
+    "allOf": [
+        {
+            "if": {"required": ["status", "completed"], "properties": {"status": {"const": s}}},
+            "then": {"properties": {"completed": {"const": s == "done"}}},
+        }
+        for s in STATUSES
+    ]
+}
+
+
 class TaskWriteSchema(RequestSchema):
     """What a create or an update may set; `status` and `completed` must agree."""
 
@@ -301,17 +354,17 @@ class TaskQueryArgsSchema(ma.Schema):
         falsy={"false"},
         metadata={"description": "`true` or `false`: only the tasks in that state."},
     )
-    status = DelimitedList(
+    status = FlatDelimitedList(
         fields.String(validate=validate.OneOf(STATUSES)),
         validate=validate.Length(min=1),
         metadata={"description": "Only tasks in one of these states (comma-separated)."},
     )
-    priority = DelimitedList(
+    priority = FlatDelimitedList(
         fields.String(validate=validate.OneOf(PRIORITIES)),
         validate=validate.Length(min=1),
         metadata={"description": "Only tasks of one of these priorities (comma-separated)."},
     )
-    tag = fields.List(
+    tag = FlatList(
         Tag(),
         validate=validate.Length(max=TAGS_MAX),
         metadata={

@@ -250,7 +250,17 @@ def test_bad_values_are_422_on_create_and_put_and_change_nothing(
     updated = assert_problem(client.put(task_url, json={field: value}), 422)
 
     assert list(created["errors"]) == list(updated["errors"]) == [field]
+    for problem in (created, updated):  # an item's errors too: one list of messages
+        assert all(isinstance(message, str) for message in problem["errors"][field])
     assert stored(client, tasks_url) == [task]
+
+
+def test_an_item_error_says_which_item(client: FlaskClient, tasks_url: str) -> None:
+    body = {"title": "t", "tags": ["ok", "a\x01b"]}
+
+    problem = assert_problem(client.post(tasks_url, json=body), 422)
+
+    assert problem["errors"] == {"tags": ["Item 1: Must not contain control characters."]}
 
 
 def test_only_description_and_due_date_take_null(client: FlaskClient, tasks_url: str) -> None:
@@ -374,6 +384,7 @@ def test_bad_filters_are_422(client: FlaskClient, tasks_url: str, query: str, fi
     problem = assert_problem(client.get(f"{tasks_url}?{query}"), 422)
 
     assert list(problem["errors"]) == [field]
+    assert all(isinstance(message, str) for message in problem["errors"][field])
 
 
 # --- sorts and paging ---------------------------------------------------------------
