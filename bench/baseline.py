@@ -18,8 +18,10 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+# The task's fields, as tasks_api answers them.
 COLUMNS = (
-    "id, user_id, title, description, completed, completed_at, created_at, updated_at, version"
+    "id, user_id, title, description, completed, status, priority, due_date, tags,"
+    " completed_at, created_at, updated_at, version"
 )
 pool: ConnectionPool | None = None
 
@@ -60,7 +62,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         elif parts[:1] == ["api"] and len(parts) == 3 and method == "POST":
             now = datetime.now(UTC)
             result = conn.execute(
-                f"INSERT INTO tasks ({COLUMNS}) VALUES (%s, %s, %s, %s, false, NULL, %s, %s, 1)"
+                f"INSERT INTO tasks ({COLUMNS}) VALUES (%s, %s, %s, %s, false, 'todo', 'medium',"
+                " NULL, '{}', NULL, %s, %s, 1)"
                 f" RETURNING {COLUMNS}",
                 [uuid.uuid4(), parts[1], body["title"], body.get("description"), now, now],
             ).fetchone()
@@ -88,6 +91,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         elif parts[:1] == ["api"] and len(parts) == 5 and method == "PATCH":
             result = conn.execute(
                 "UPDATE tasks SET completed = NOT completed,"
+                " status = CASE WHEN completed THEN 'todo' ELSE 'done' END,"
                 " completed_at = CASE WHEN completed THEN NULL ELSE now() END,"
                 f" updated_at = now(), version = version + 1 WHERE id = %s AND user_id = %s"
                 f" RETURNING {COLUMNS}",

@@ -126,6 +126,7 @@ def seed(url: str, work: Path, rounds: int) -> dict[str, Path]:
     """500 users with 20 tasks each to read and change; fresh tasks for every delete run."""
     per_run = 40_000
     with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET statement_timeout = 0")  # migration 0004's 5 s is for requests
         conn.execute(
             "INSERT INTO tasks (id, user_id, title, completed, created_at, updated_at, version)"
             " SELECT gen_random_uuid(), 'user-' || (i % 500), 'Task ' || i, false,"

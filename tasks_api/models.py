@@ -3,22 +3,39 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     CheckConstraint,
+    Date,
     DateTime,
     Dialect,
     Index,
+    Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
     func,
+    literal_column,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
+
+STATUSES = ("todo", "in_progress", "done")
+PRIORITIES = ("low", "medium", "high", "urgent")
+TITLE_MAX = 500
+DESCRIPTION_MAX = 8000
+# A list of strings: text[] on PostgreSQL (GIN-indexable), JSON text on SQLite.
+StringList = ARRAY(Text()).with_variant(JSON(), "sqlite")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -46,6 +63,42 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)  # type: ignore[no-any-return]
 
 
+class day_number(FunctionElement[int]):
+    """A date as its number of days since 1970-01-01, so a sort can run it backwards.
+
+    PostgreSQL subtracts dates; SQLite stores ISO text and counts with julianday().
+    Both are deterministic, so they can be indexed.
+    """
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(day_number, "postgresql")
+def _day_number_postgresql(element: day_number, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({compiler.process(element.clauses, **kw)} - DATE '1970-01-01')"
+
+
+@compiles(day_number, "sqlite")
+def _day_number_sqlite(element: day_number, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST(julianday({compiler.process(element.clauses, **kw)}) - 2440587.5 AS INTEGER)"
+
+
+# Below every day number (0001-01-01 is -719162, 9999-12-31 is 2932896): an undated
+# task's key in both due-date sorts, so it comes after every dated one.
+NO_DUE_DATE = -3_000_000
+# The priority's rank, spelled as literals so the query's expression is the index's.
+_RANK = "(CASE priority " + " ".join(f"WHEN '{name}' THEN {{}}" for name in PRIORITIES) + " END)"
+PRIORITY_RANK: ColumnElement[int] = literal_column(_RANK.format(1, 2, 3, 4), Integer())
+PRIORITY_RANK_REVERSED: ColumnElement[int] = literal_column(_RANK.format(-1, -2, -3, -4), Integer())
+
+
+def due_key(*, descending: bool) -> ColumnElement[int]:
+    """The due-date sort key: larger is earlier in the list, undated tasks smallest."""
+    days = day_number(literal_column("due_date"))
+    return func.coalesce(days if descending else -days, literal_column(str(NO_DUE_DATE)))
+
+
 class Base(DeclarativeBase):
     # Stable constraint names, so migrations can refer to them.
     metadata = MetaData(
@@ -63,26 +116,50 @@ class Base(DeclarativeBase):
 class Task(Base):
     __tablename__ = "tasks"
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    # The primary key starts with user_id, as every sort's index does: the table can be
+    # distributed by user (docs/distributed.md) and each request stays on one shard.
+    id: Mapped[uuid.UUID]
     user_id: Mapped[str] = mapped_column(String(128))
-    title: Mapped[str] = mapped_column(String(200))
-    description: Mapped[str | None] = mapped_column(String(1000))
+    title: Mapped[str] = mapped_column(String(TITLE_MAX))
+    description: Mapped[str | None] = mapped_column(String(DESCRIPTION_MAX))
+    # `completed` is `status = 'done'` kept as a column (a check holds them together), so
+    # the completed_at check and whatever already reads the table keep working.
     completed: Mapped[bool]
+    status: Mapped[str] = mapped_column(String(11), server_default="todo")
+    priority: Mapped[str] = mapped_column(String(6), server_default="medium")
+    due_date: Mapped[date | None] = mapped_column(Date)
+    # As sent (trimmed, de-duplicated), and case-folded for the `tag` filter.
+    tags: Mapped[list[str]] = mapped_column(StringList)
+    tag_keys: Mapped[list[str]] = mapped_column(StringList)
     completed_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     version: Mapped[int]
 
     __table_args__ = (
+        PrimaryKeyConstraint("user_id", "id"),
         # One per list sort, so a page of one user's tasks is an index range scan in
         # either direction, however many tasks the user has and however deep the page.
         Index("ix_tasks_user_id_created_at_id", "user_id", "created_at", "id"),
         Index("ix_tasks_user_id_updated_at_id", "user_id", "updated_at", "id"),
         Index("ix_tasks_user_id_lower_title_id", "user_id", func.lower(text("title")), "id"),
+        # The four sorts whose ties go newest first: every key runs the same way, so one
+        # index each, scanned backwards.
+        Index("ix_tasks_user_id_due_asc", "user_id", due_key(descending=False), "created_at", "id"),
+        Index("ix_tasks_user_id_due_desc", "user_id", due_key(descending=True), "created_at", "id"),
+        Index(
+            "ix_tasks_user_id_priority_asc", "user_id", PRIORITY_RANK_REVERSED, "created_at", "id"
+        ),
+        Index("ix_tasks_user_id_priority_desc", "user_id", PRIORITY_RANK, "created_at", "id"),
+        # The `tag` filter: tasks whose tag_keys contain every tag asked for.
+        Index("ix_tasks_tag_keys", "tag_keys", postgresql_using="gin").ddl_if(dialect="postgresql"),
         CheckConstraint(
             "(completed AND completed_at IS NOT NULL) OR (NOT completed AND completed_at IS NULL)",
             name="completed_at_set_iff_completed",
         ),
+        CheckConstraint("completed = (status = 'done')", name="completed_iff_done"),
+        CheckConstraint("status IN ('todo', 'in_progress', 'done')", name="status_known"),
+        CheckConstraint("priority IN ('low', 'medium', 'high', 'urgent')", name="priority_known"),
         CheckConstraint("version >= 1", name="version_positive"),
     )
 

@@ -20,19 +20,22 @@ from itsdangerous import BadData, URLSafeSerializer
 from . import errors
 
 _SALT = "tasks_api.list-cursor"
-_VERSION = 1
+_VERSION = 2
 _TIME_SORTS = ("-created_at", "created_at", "-updated_at", "updated_at")
+# Sorts whose ties go newest first: the cursor also carries the row's created_at.
+_TIE_SORTS = ("due_date", "-due_date", "priority", "-priority")
 # Everything the cursor is bound to; `limit` may change between pages.
-_SCOPE = ("sort", "completed", "q")
+_SCOPE = ("sort", "completed", "status", "priority", "tag", "due_before", "due_after", "q")
 
 
-def start_after(user_id: str, args: Mapping[str, Any]) -> tuple[Any, uuid.UUID] | None:
-    """The (sort key, id) the requested page starts after; None for the first page."""
+def start_after(user_id: str, args: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """The (sort key, [created_at,] id) the requested page starts after; None for the
+    first page."""
     cursor = args.get("cursor")
     if cursor is None:
         return None
     try:
-        version, scope, key, task_id = _serializer().loads(cursor)
+        version, scope, *keys, task_id = _serializer().loads(cursor)
     except (BadData, ValueError, TypeError):
         errors.validation_failed({"cursor": ["Not a cursor of this list; start without one."]})
     if version != _VERSION or scope != _scope(user_id, args):
@@ -41,8 +44,15 @@ def start_after(user_id: str, args: Mapping[str, Any]) -> tuple[Any, uuid.UUID] 
         )
     # Signed by this server for this sort, so these parse; the check costs nothing.
     try:
-        time_sort = args["sort"] in _TIME_SORTS
-        return (datetime.fromisoformat(key) if time_sort else str(key), uuid.UUID(task_id))
+        sort = args["sort"]
+        if sort in _TIE_SORTS:
+            key, created_at = keys
+            return (int(key), datetime.fromisoformat(created_at), uuid.UUID(task_id))
+        (key,) = keys
+        return (
+            datetime.fromisoformat(key) if sort in _TIME_SORTS else str(key),
+            uuid.UUID(task_id),
+        )
     except (ValueError, TypeError):
         errors.validation_failed({"cursor": ["Not a cursor of this list; start without one."]})
 
@@ -50,24 +60,29 @@ def start_after(user_id: str, args: Mapping[str, Any]) -> tuple[Any, uuid.UUID] 
 def next_link(user_id: str, args: Mapping[str, Any], page: Sequence[Mapping[str, Any]]) -> str:
     """The `Link` header value pointing at the page after `page`."""
     last = page[-1]
-    key = last["sort_key"]
+    keys = [last["sort_key"]]
+    if args["sort"] in _TIE_SORTS:
+        keys.append(last["created_at"])
     cursor = _serializer().dumps(
         [
             _VERSION,
             _scope(user_id, args),
-            key.isoformat() if isinstance(key, datetime) else key,
+            *(key.isoformat() if isinstance(key, datetime) else key for key in keys),
             last["id"].hex,
         ]
     )
     params = {name: args[name] for name in (*_SCOPE, "limit") if args.get(name) is not None}
     if "completed" in params:
         params["completed"] = "true" if params["completed"] else "false"
+    for name in ("status", "priority"):  # comma-separated, as they came
+        if name in params:
+            params[name] = ",".join(params[name])
     url = url_for(".Tasks", user_id=user_id, cursor=cursor, _external=True, **params)
     return f'<{url}>; rel="next"'
 
 
 def _scope(user_id: str, args: Mapping[str, Any]) -> str:
-    scope = json.dumps([user_id, *(args.get(name) for name in _SCOPE)])
+    scope = json.dumps([user_id, *(args.get(name) for name in _SCOPE)], default=str)
     return hashlib.sha256(scope.encode()).hexdigest()[:16]
 
 

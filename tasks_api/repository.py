@@ -8,22 +8,29 @@ and return rows as mappings; they know nothing of HTTP or JSON.
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Collection, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Select,
     Table,
+    Text,
     and_,
+    any_,
     bindparam,
     case,
     delete,
-    false,
+    exists,
     func,
     insert,
+    literal,
+    literal_column,
     not_,
     null,
     or_,
@@ -31,27 +38,55 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .db import Query
-from .models import IdempotencyKey, Task, UTCDateTime
+from .models import (
+    PRIORITY_RANK,
+    PRIORITY_RANK_REVERSED,
+    IdempotencyKey,
+    Task,
+    UTCDateTime,
+    due_key,
+)
 
 TASKS = cast(Table, Task.__table__)
-COLUMNS = tuple(TASKS.c)
+# What a task row reads as: every column but the case-folded tags, which only the
+# `tag` filter uses.
+COLUMNS = tuple(c for c in TASKS.c if c.key != "tag_keys")
 Row = Mapping[str, Any]
 
-# Each list sort: the key it orders by (ties broken by id), and whether descending.
-# Each has an index on (user_id, key, id), so a page is a range scan of that index.
-SORT_KEYS: dict[str, tuple[ColumnElement[Any], bool]] = {
-    "-created_at": (TASKS.c.created_at, True),
-    "created_at": (TASKS.c.created_at, False),
-    "-updated_at": (TASKS.c.updated_at, True),
-    "updated_at": (TASKS.c.updated_at, False),
-    "title": (func.lower(TASKS.c.title), False),
-    "-title": (func.lower(TASKS.c.title), True),
+# Each list sort: the keys it orders by (then by id), all in one direction, and whether
+# that is descending. Each has an index on (user_id, *keys, id), so a page is a range
+# scan of that index. The four sorts whose ties go newest first order by a key that
+# runs backwards where needed (a negated rank or day number), then created_at.
+SORT_KEYS: dict[str, tuple[tuple[ColumnElement[Any], ...], bool]] = {
+    "-created_at": ((TASKS.c.created_at,), True),
+    "created_at": ((TASKS.c.created_at,), False),
+    "-updated_at": ((TASKS.c.updated_at,), True),
+    "updated_at": ((TASKS.c.updated_at,), False),
+    "title": ((func.lower(TASKS.c.title),), False),
+    "-title": ((func.lower(TASKS.c.title),), True),
+    "due_date": ((due_key(descending=False), TASKS.c.created_at), True),
+    "-due_date": ((due_key(descending=True), TASKS.c.created_at), True),
+    "priority": ((PRIORITY_RANK_REVERSED, TASKS.c.created_at), True),
+    "-priority": ((PRIORITY_RANK, TASKS.c.created_at), True),
 }
 LIKE_ESCAPE = "/"
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a list is narrowed to; None (or empty) means not narrowed by that."""
+
+    statuses: Collection[str] | None = None  # any of these
+    priorities: Collection[str] | None = None  # any of these
+    tags: Collection[str] = ()  # every one of these, ignoring case
+    due_after: date | None = None  # inclusive; undated tasks are left out
+    due_before: date | None = None
+    q: str | None = None
 
 
 def list_tasks(
@@ -59,36 +94,79 @@ def list_tasks(
     *,
     user_id: str,
     sort: str = "-created_at",
-    completed: bool | None = None,
-    q: str | None = None,
+    filters: Filters = Filters(),
     limit: int,
-    after: tuple[Any, uuid.UUID] | None = None,
+    after: tuple[Any, ...] | None = None,
 ) -> Sequence[Row]:
     """One page of the user's tasks in `sort` order, starting past the row `after`.
 
-    `after` is the (`sort_key`, `id`) of the previous page's last row; every row comes
-    with its `sort_key`. Keyset paging: a page costs the same at any depth, and rows
-    added or removed meanwhile never shift the others.
+    `after` is the previous page's last row as (`sort_key`, [`created_at`,] `id`): the
+    values of the sort's keys, then its id; every row comes with its `sort_key`. Keyset
+    paging: a page costs the same at any depth, and rows added or removed meanwhile
+    never shift the others.
     """
     params: dict[str, Any] = {"owner": user_id, "limit": limit}
-    if completed is not None:
-        params["completed"] = completed
-    if q is not None:
-        params["pattern"] = "%" + _escape_like(q) + "%"
+    sqlite = conn.dialect.name == "sqlite"
+    if filters.statuses is not None:
+        params["statuses"] = _list_param(sorted(filters.statuses), sqlite)
+    if filters.priorities is not None:
+        params["priorities"] = _list_param(sorted(filters.priorities), sqlite)
+    if filters.tags:
+        params["tags"] = _list_param(sorted({tag_key(tag) for tag in filters.tags}), sqlite)
+    by_due = filters.due_after is not None or filters.due_before is not None
+    if by_due:
+        params["due_after"] = filters.due_after or date.min
+        params["due_before"] = filters.due_before or date.max
+    if filters.q is not None:
+        params["pattern"] = "%" + _escape_like(filters.q) + "%"
     if after is not None:
-        params["after_key"], params["after_id"] = after
-    query = list_query(sort, completed is not None, q is not None, after is not None)
+        *keys, params["after_id"] = after
+        params.update({f"after_key_{i}": key for i, key in enumerate(keys)})
+    query = list_query(
+        conn.dialect.name,
+        sort,
+        ListVariant(
+            by_status=filters.statuses is not None,
+            by_priority=filters.priorities is not None,
+            by_tags=bool(filters.tags),
+            by_due=by_due,
+            by_text=filters.q is not None,
+            after=after is not None,
+        ),
+    )
     return query.rows(conn, **params)
 
 
+@dataclass(frozen=True)
+class ListVariant:
+    """Which clauses a list statement has: with the dialect and sort, its cache key."""
+
+    by_status: bool = False
+    by_priority: bool = False
+    by_tags: bool = False
+    by_due: bool = False
+    by_text: bool = False
+    after: bool = False
+
+
+# 2 dialects x 10 sorts x 2^6 variants: at most 1,280 statements, built when first asked for.
 @functools.cache
-def list_query(sort: str, by_completed: bool, by_text: bool, after: bool) -> Query:
-    """The list statement for one sort and set of filters (at most 48 of them)."""
-    key, descending = SORT_KEYS[sort]
-    stmt = select(*COLUMNS, key.label("sort_key")).where(TASKS.c.user_id == bindparam("owner"))
-    if by_completed:
-        stmt = stmt.where(TASKS.c.completed == bindparam("completed"))
-    if by_text:
+def list_query(dialect: str, sort: str, variant: ListVariant) -> Query:
+    """The list statement for one dialect, sort and set of filters."""
+    keys, descending = SORT_KEYS[sort]
+    stmt = select(*COLUMNS, keys[0].label("sort_key")).where(TASKS.c.user_id == bindparam("owner"))
+    if variant.by_status:
+        stmt = stmt.where(_any_of(TASKS.c.status, "statuses", dialect))
+    if variant.by_priority:
+        stmt = stmt.where(_any_of(TASKS.c.priority, "priorities", dialect))
+    if variant.by_tags:
+        stmt = stmt.where(_has_every_tag(dialect))
+    if variant.by_due:
+        stmt = stmt.where(
+            TASKS.c.due_date >= bindparam("due_after", type_=TASKS.c.due_date.type),
+            TASKS.c.due_date <= bindparam("due_before", type_=TASKS.c.due_date.type),
+        )
+    if variant.by_text:
         pattern = bindparam("pattern", type_=TASKS.c.title.type)
         stmt = stmt.where(
             or_(
@@ -96,14 +174,41 @@ def list_query(sort: str, by_completed: bool, by_text: bool, after: bool) -> Que
                 TASKS.c.description.ilike(pattern, escape=LIKE_ESCAPE),
             )
         )
-    if after:
-        position = tuple_(key, TASKS.c.id)
+    if variant.after:
+        position = tuple_(*keys, TASKS.c.id)
         bound = tuple_(
-            bindparam("after_key", type_=key.type), bindparam("after_id", type_=TASKS.c.id.type)
+            *(bindparam(f"after_key_{i}", type_=key.type) for i, key in enumerate(keys)),
+            bindparam("after_id", type_=TASKS.c.id.type),
         )
         stmt = stmt.where(position < bound if descending else position > bound)
-    order = (key.desc(), TASKS.c.id.desc()) if descending else (key.asc(), TASKS.c.id.asc())
+    columns = (*keys, TASKS.c.id)
+    order = [c.desc() if descending else c.asc() for c in columns]
     return Query(stmt.order_by(*order).limit(bindparam("limit")))
+
+
+def _list_param(values: Sequence[str], sqlite: bool) -> Any:
+    # PostgreSQL takes a text[]; SQLite reads a JSON array with json_each.
+    return json.dumps(values) if sqlite else list(values)
+
+
+def _any_of(column: ColumnElement[str], name: str, dialect: str) -> ColumnElement[bool]:
+    if dialect == "sqlite":
+        return column.in_(
+            select(literal_column("value")).select_from(func.json_each(bindparam(name)))
+        )
+    return column == any_(bindparam(name, type_=ARRAY(Text())))
+
+
+def _has_every_tag(dialect: str) -> ColumnElement[bool]:
+    if dialect == "sqlite":
+        # No tag asked for is missing from the task's.
+        wanted = func.json_each(bindparam("tags")).table_valued("value").alias("wanted")
+        held: Select[Any] = select(literal_column("value")).select_from(
+            func.json_each(TASKS.c.tag_keys)
+        )
+        return ~exists().where(wanted.c.value.not_in(held.scalar_subquery()))
+    # Containment on the GIN-indexed column.
+    return TASKS.c.tag_keys.contains(bindparam("tags", type_=ARRAY(Text())))
 
 
 def _escape_like(text: str) -> str:
@@ -117,18 +222,42 @@ def get_task(conn: Connection, *, user_id: str, task_id: uuid.UUID) -> Row | Non
     return _GET.row(conn, owner=user_id, task_id=task_id)
 
 
+def tag_key(tag: str) -> str:
+    """What two tags that differ only in case have in common."""
+    return tag.casefold()
+
+
 def new_task(
-    *, user_id: str, title: str, description: str | None = None, completed: bool = False
+    *,
+    user_id: str,
+    title: str,
+    description: str | None = None,
+    completed: bool | None = None,
+    status: str | None = None,
+    priority: str = "medium",
+    due_date: date | None = None,
+    tags: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Every column of a task about to be created: the id and clock are the app's."""
+    """Every column of a task about to be created: the id and clock are the app's.
+
+    `status` and `completed` must agree when both are given (the schema checks).
+    """
+    if status is None:
+        status = "done" if completed else "todo"
     now = _now()
+    done = status == "done"
     return {
         "id": uuid.uuid4(),
         "user_id": user_id,
         "title": title,
         "description": description,
-        "completed": completed,
-        "completed_at": now if completed else None,
+        "completed": done,
+        "status": status,
+        "priority": priority,
+        "due_date": due_date,
+        "tags": list(tags),
+        "tag_keys": [tag_key(tag) for tag in tags],
+        "completed_at": now if done else None,
         "created_at": now,
         "updated_at": now,
         "version": 1,
@@ -150,15 +279,23 @@ def update_task(
     changes: Mapping[str, Any],
     versions: Collection[int] | None = None,
 ) -> Row | None:
-    """Apply `changes` (title, description, completed); None if the user has no such task,
-    or, when `versions` is given (If-Match), its version is none of them.
+    """Apply `changes` (title, description, status, completed, priority, due_date,
+    tags); None if the user has no such task, or, when `versions` is given (If-Match),
+    its version is none of them.
 
-    `version` and `updated_at` move only when a value really differs, so repeating
-    an update changes nothing.
+    `status` and `completed` must agree when both are given (the schema checks):
+    `completed: true` means `done`; `completed: false` turns `done` into `todo` and
+    leaves the other states. `version` and `updated_at` move only when a value really
+    differs, so repeating an update changes nothing.
     """
-    query = _update_query(tuple(sorted(changes)), _arity(versions))
+    values = dict(changes)
+    if "status" in values:
+        values["completed"] = values["status"] == "done"
+    if "tags" in values:
+        values["tag_keys"] = [tag_key(tag) for tag in values["tags"]]
+    query = _update_query(tuple(sorted(values)), _arity(versions))
     return query.row(
-        conn, **changes, **_if_match(versions), owner=user_id, task_id=task_id, now=_now()
+        conn, **values, **_if_match(versions), owner=user_id, task_id=task_id, now=_now()
     )
 
 
@@ -172,8 +309,8 @@ def set_completed(
 ) -> Row | None:
     """Set `completed`, or flip it when `completed` is None; None if no such task.
 
-    The flip reads the current value inside the UPDATE, so concurrent toggles
-    each apply: N of them flip the task N times.
+    The flip reads the current state inside the UPDATE, so concurrent toggles each
+    apply: N of them flip the task N times. A task `in_progress` flips to `done`.
     """
     if completed is not None:
         return update_task(
@@ -212,8 +349,9 @@ def _owned(if_match: int | None = None) -> tuple[ColumnElement[bool], ...]:
     owned = (TASKS.c.id == bindparam("task_id"), TASKS.c.user_id == bindparam("owner"))
     if if_match is None:
         return owned
-    if if_match == 0:  # only weak or foreign tags: no version matches
-        return (*owned, false())
+    if if_match == 0:  # only weak or foreign tags: no version matches (they start at 1)
+        # Not false(): SQLAlchemy would fold the whole WHERE into it, naming no user.
+        return (*owned, TASKS.c.version < literal_column("1"))
     return (*owned, TASKS.c.version.in_([bindparam(f"if_match_{i}") for i in range(if_match)]))
 
 
@@ -236,18 +374,27 @@ def _timestamp(name: str) -> ColumnElement[datetime]:
 
 _GET = Query(select(*COLUMNS).where(*_owned()))
 _VERSION = Query(select(TASKS.c.version).where(*_owned()))
-_INSERT_STATEMENT = insert(TASKS).values({c.key: bindparam(c.key, type_=c.type) for c in COLUMNS})
+
+
+_INSERT_STATEMENT = insert(TASKS).values({c.key: bindparam(c.key, type_=c.type) for c in TASKS.c})
 _INSERT = Query(_INSERT_STATEMENT)
 
 
 # Variants by the fields changed and the number of If-Match versions; bounded, since
 # clients choose the latter.
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _update_query(fields: tuple[str, ...], if_match: int | None) -> Query:
     now = _timestamp("now")
     new = {name: bindparam(name, type_=TASKS.c[name].type) for name in fields}
-    changed = or_(*(TASKS.c[name].is_distinct_from(value) for name, value in new.items()))
     values: dict[str, Any] = dict(new)
+    if "completed" in new and "status" not in new:
+        # completed: false leaves a task that is not done as it is.
+        values["status"] = case(
+            (new["completed"], literal("done")),
+            (TASKS.c.status == literal("done"), literal("todo")),
+            else_=TASKS.c.status,
+        )
+    changed = or_(*(TASKS.c[name].is_distinct_from(value) for name, value in values.items()))
     if "completed" in new:
         values["completed_at"] = case(
             (new["completed"], func.coalesce(TASKS.c.completed_at, now)), else_=null()
@@ -265,6 +412,7 @@ def _toggle_query(if_match: int | None) -> Query:
         .where(*_owned(if_match))
         .values(
             completed=not_(TASKS.c.completed),
+            status=case((TASKS.c.completed, literal("todo")), else_=literal("done")),
             completed_at=case((TASKS.c.completed, null()), else_=now),
             updated_at=now,
             version=TASKS.c.version + 1,
@@ -344,7 +492,7 @@ def create_task_for_key(
         **task,
         "owner": task["user_id"],
         "key_name": key,
-        "status": status,
+        "response_status": status,  # not "status": that is the task's
         "response": response,
     }
     if conn.dialect.name == "postgresql":
@@ -378,7 +526,7 @@ _RECORD_STATEMENT = (
     update(KEYS)
     .where(*_KEY)
     .values(
-        status=bindparam("status"),
+        status=bindparam("response_status"),
         task_id=bindparam("id", type_=TASKS.c.id.type),
         response=bindparam("response"),
     )

@@ -21,6 +21,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMe
 from . import auth, db, errors, pages, repository
 from .repository import Row
 from .schemas import (
+    ONE_STATE,
     USER_ID,
     USER_ID_PATTERN,
     USER_ID_RULE,
@@ -140,8 +141,12 @@ def register(api: flask_smorest.Api) -> None:
             "headers": {"ETag": ETAG_HEADER["ETag"], "X-Request-ID": "RequestId"},
         },
     )
-    # marshmallow cannot say "at least one field"; JSON Schema can.
-    api.spec.components.schema("TaskUpdate", {"minProperties": 1}, schema=TaskUpdateSchema)
+    # marshmallow cannot say "at least one field", nor how status and completed agree;
+    # JSON Schema can.
+    api.spec.components.schema("TaskCreate", ONE_STATE, schema=TaskCreateSchema)
+    api.spec.components.schema(
+        "TaskUpdate", {"minProperties": 1, **ONE_STATE}, schema=TaskUpdateSchema
+    )
     api.register_blueprint(tasks, parameters=[_USER_ID_PARAMETER])
     api.register_blueprint(health)
 
@@ -237,8 +242,28 @@ def _written(task: Row | None, user_id: str, task_id: UUID) -> Response:
     errors.task_not_found()
 
 
+def _filters(args: Mapping[str, Any]) -> repository.Filters:
+    """The list's filters; `completed` and `status` narrow the same state."""
+    statuses: set[str] | None = None
+    if "status" in args:
+        statuses = set(args["status"])
+    if "completed" in args:
+        done = {"done"} if args["completed"] else {"todo", "in_progress"}
+        statuses = done if statuses is None else statuses & done
+    priorities = args.get("priority")
+    return repository.Filters(
+        statuses=statuses,
+        priorities=None if priorities is None else set(priorities),
+        tags=args.get("tag", ()),
+        due_after=args.get("due_after"),
+        due_before=args.get("due_before"),
+        q=args.get("q"),
+    )
+
+
 def _fingerprint(fields: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    encoded = json.dumps(fields, sort_keys=True, default=str)  # due_date is a date
+    return hashlib.sha256(encoded.encode()).hexdigest()
 
 
 def _create_once(task: dict[str, Any], key: str, fingerprint: str) -> Response:
@@ -300,13 +325,13 @@ class Tasks(MethodView):
         `Link` header's `next` URL until there is none.
         """
         limit, after = args["limit"], pages.start_after(user_id, args)
+        filters = _filters(args)
         rows = db.read(
             lambda conn: repository.list_tasks(
                 conn,
                 user_id=user_id,
                 sort=args["sort"],
-                completed=args.get("completed"),
-                q=args.get("q"),
+                filters=filters,
                 limit=limit + 1,  # one more tells whether a next page exists
                 after=after,
             )

@@ -198,3 +198,69 @@ def test_a_list_url_the_document_allows_can_pass_the_request_line_limit(
     assert "414" in operation["responses"]
     problem = resolve(spec, operation["responses"]["414"])
     assert list(problem["content"]) == ["application/problem+json"]
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "home",
+        " padded\t",
+        "a b",
+        "",
+        "  ",
+        "a\tb",
+        "a\x01",
+        "\x85x",
+        "é" * 50,
+        "x" * 51,
+        "\u3000x",
+        " " + "x" * 50 + "\x85",
+        "\x85" + "x" * 51,
+        "x",
+        "xy",
+    ],
+)
+def test_tag_pattern_in_the_document_agrees_with_the_server(
+    client: FlaskClient, spec: dict[str, Any], tasks_url: str, tag: str
+) -> None:
+    item = spec["components"]["schemas"]["TaskCreate"]["properties"]["tags"]["items"]
+
+    accepted = client.post(tasks_url, json={"title": "t", "tags": [tag]}).status_code == 201
+
+    assert "maxLength" not in item  # the pattern holds the limit, once trimmed
+    assert accepted is bool(re.fullmatch(item["pattern"], tag))
+
+
+def test_the_planning_fields_are_typed_for_generated_clients(spec: dict[str, Any]) -> None:
+    schemas = spec["components"]["schemas"]
+    for name in ("Task", "TaskCreate", "TaskUpdate"):
+        props = schemas[name]["properties"]
+        assert props["status"]["enum"] == ["todo", "in_progress", "done"], name
+        assert props["priority"]["enum"] == ["low", "medium", "high", "urgent"], name
+        assert props["due_date"]["format"] == "date", name
+        assert props["due_date"]["type"] == ["string", "null"], name
+        assert props["tags"]["type"] == "array", name
+    for name in ("TaskCreate", "TaskUpdate"):  # status and completed agree, in JSON Schema
+        rules = {r["if"]["properties"]["status"]["const"]: r for r in schemas[name]["allOf"]}
+        assert {s: r["then"]["properties"]["completed"]["const"] for s, r in rules.items()} == {
+            "todo": False,
+            "in_progress": False,
+            "done": True,
+        }
+    create = schemas["TaskCreate"]["properties"]
+    assert create["title"]["maxLength"] == 500
+    assert create["description"]["maxLength"] == 8000
+    assert create["tags"]["maxItems"] == 20
+    assert re.fullmatch(create["tags"]["items"]["pattern"], " " + "x" * 50 + " ")
+    assert not re.fullmatch(create["tags"]["items"]["pattern"], "x" * 51)
+
+    params = {p["name"]: p for p in spec["paths"]["/api/{user_id}/tasks"]["get"]["parameters"]}
+    assert params["status"]["schema"]["items"]["enum"] == ["todo", "in_progress", "done"]
+    assert params["status"]["explode"] is False  # comma-separated
+    assert params["priority"]["schema"]["items"]["enum"] == ["low", "medium", "high", "urgent"]
+    assert params["tag"]["explode"] is True  # repeated
+    for name in ("due_before", "due_after"):
+        assert params[name]["schema"]["format"] == "date"
+    assert {"due_date", "-due_date", "priority", "-priority"} <= set(
+        params["sort"]["schema"]["enum"]
+    )

@@ -89,7 +89,8 @@ def made(counted_app: Flask) -> Callable[[str], str]:
     client = counted_app.test_client()
 
     def make(user: str) -> str:
-        task = client.post(f"/api/{user}/tasks", json={"title": "counted"}).get_json()
+        body = {"title": "counted", "due_date": "2026-06-01", "tags": ["work", "Home"]}
+        task = client.post(f"/api/{user}/tasks", json=body).get_json()
         return f"/api/{user}/tasks/{task['id']}"
 
     return make
@@ -103,6 +104,13 @@ def test_reads_take_one_round_trip(trips: Counter, made: Callable[[str], str]) -
     assert trips("GET", task_url) == 1
     assert trips("GET", f"/api/{user}/tasks?limit=20") == 1
     assert trips("GET", f"/api/{user}/tasks?limit=3&sort=title&q=count&completed=false") == 1
+    every_filter = (
+        "status=todo,in_progress&priority=medium,high&tag=Work&tag=home&due_after=2026-01-01"
+        "&due_before=2026-12-31&q=count&completed=false&limit=3"
+    )
+    for sort in ("due_date", "-due_date", "priority", "-priority"):
+        assert trips("GET", f"/api/{user}/tasks?sort={sort}&{every_filter}") == 1
+        assert trips("GET", f"/api/{user}/tasks?sort={sort}&limit=3") == 1
     assert trips("GET", "/health/ready") == 1
     assert trips("GET", "/health") == 0
 
@@ -112,6 +120,11 @@ def test_writes_take_one_round_trip(trips: Counter, made: Callable[[str], str]) 
     task_url = made(user)
     assert trips("POST", f"/api/{user}/tasks", json={"title": "counted"}) == 1
     assert trips("PUT", task_url, json={"title": "renamed"}) == 1
+    planned = {"status": "in_progress", "priority": "urgent", "due_date": "2026-12-01"}
+    assert trips("PUT", task_url, json={**planned, "tags": ["a", "B", "b"]}) == 1
+    assert trips("PUT", task_url, json={"completed": False, "description": None}) == 1
+    full = {"title": "t", "description": "d", "priority": "high", "status": "in_progress"}
+    assert trips("POST", f"/api/{user}/tasks", json={**full, "tags": ["x"]}) == 1
     assert trips("PATCH", f"{task_url}/complete") == 1
     assert trips("PATCH", f"{task_url}/complete", json={"completed": True}) == 1
     assert trips("DELETE", lambda: (made(user), {})) == 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -24,6 +24,10 @@ def row(**overrides: Any) -> dict[str, Any]:
         "title": "Buy milk",
         "description": "Two litres",
         "completed": False,
+        "status": "todo",
+        "priority": "medium",
+        "due_date": None,
+        "tags": [],
         "completed_at": None,
         "created_at": now,
         "updated_at": now,
@@ -41,7 +45,12 @@ CET = timezone(timedelta(hours=1))
         pytest.param(row(), id="plain"),
         pytest.param(row(description=None), id="no-description"),
         pytest.param(
-            row(completed=True, completed_at=datetime(2026, 1, 1, tzinfo=UTC)),
+            row(status="in_progress", priority="urgent", due_date=date(2026, 12, 1)),
+            id="planned",
+        ),
+        pytest.param(row(due_date=date(1, 1, 1), tags=["Ünï", "a b", "x" * 50]), id="tags"),
+        pytest.param(
+            row(completed=True, status="done", completed_at=datetime(2026, 1, 1, tzinfo=UTC)),
             id="completed-on-a-whole-second",
         ),
         pytest.param(
