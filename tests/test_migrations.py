@@ -106,6 +106,8 @@ def test_migrations_match_the_models_and_downgrade_cleanly(fresh: tuple[Flask, U
                 "ix_tasks_user_id_due_desc",
                 "ix_tasks_user_id_priority_asc",
                 "ix_tasks_user_id_priority_desc",
+                "ix_tasks_user_id_change_position",
+                "ix_task_tombstones_deleted_at",
             } | ({"ix_tasks_tag_keys"} if conn.dialect.name == "postgresql" else set())
 
         flask_db(app, "downgrade", "base")
