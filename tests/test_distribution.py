@@ -75,7 +75,8 @@ def names_one_user(statement: Any) -> bool:
     user_id is a parameter, or inserts the rows of a statement (a CTE) that does."""
     if isinstance(statement, Insert):
         if statement.select is None:
-            return isinstance((statement._values or {}).get("user_id"), BindParameter)
+            values: dict[Any, Any] = dict(statement._values or {})
+            return isinstance(values.get("user_id"), BindParameter)
         froms = statement.select.get_final_froms()
         if froms:
             return all(isinstance(f, CTE) and names_one_user(f.element) for f in froms)

@@ -157,13 +157,14 @@ def test_racing_repeats_in_one_instance_create_one_task(
     assert len(tasks_of(app.test_client(), tasks_url)) == 1
 
 
+@pytest.mark.parametrize("command", ["purge", "purge-idempotency-keys"])
 def test_purge_command_deletes_only_expired_keys(
-    app: Flask, user_id: str, tasks_url: str, client: FlaskClient
+    app: Flask, user_id: str, tasks_url: str, client: FlaskClient, command: str
 ) -> None:
     put_record(app, user_id, "expired", age=timedelta(hours=30), done=True)
     client.post(tasks_url, json={"title": "x"}, headers=keyed("fresh"))
 
-    result = app.test_cli_runner().invoke(args=["purge-idempotency-keys"])
+    result = app.test_cli_runner().invoke(args=[command])
 
     assert result.exit_code == 0, result.output
     assert "purged" in result.output
