@@ -13,8 +13,7 @@ import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
-from typing import cast as typed
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -26,7 +25,6 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
-    cast,
     delete,
     exists,
     false,
@@ -59,9 +57,9 @@ from .models import (
     due_key,
 )
 
-TASKS = typed(Table, Task.__table__)
-POSITIONS = typed(Table, SyncPosition.__table__)
-TOMBSTONES = typed(Table, Tombstone.__table__)
+TASKS = cast(Table, Task.__table__)
+POSITIONS = cast(Table, SyncPosition.__table__)
+TOMBSTONES = cast(Table, Tombstone.__table__)
 # What a task row reads as: every column but the case-folded tags, which only the
 # `tag` filter uses, and the change position, which only the sync feed does.
 COLUMNS = tuple(c for c in TASKS.c if c.key not in ("tag_keys", "change_position"))
@@ -607,7 +605,7 @@ def _changes_statement() -> Any:
             *(
                 TOMBSTONES.c[c.key]
                 if c.key in ("id", "user_id")
-                else cast(null(), c.type).label(c.key)
+                else null().cast(c.type).label(c.key)
                 for c in COLUMNS
             ),
             TOMBSTONES.c.position,
@@ -650,7 +648,7 @@ _PURGE_TOMBSTONES = Query(
 
 # --- idempotency keys ------------------------------------------------------------------
 
-KEYS = typed(Table, IdempotencyKey.__table__)
+KEYS = cast(Table, IdempotencyKey.__table__)
 KEY_LIFETIME = timedelta(hours=24)
 # A claim whose request never finished (its process died) can be taken over after this.
 CLAIM_TIMEOUT = timedelta(seconds=60)
