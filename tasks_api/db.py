@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -316,22 +317,13 @@ def downgrade(url: URL, revision: str) -> tuple[str | None, str | None]:
 def write_revision(url: URL, message: str) -> Path:
     """Write the next migration, `NNNN_slug.py`, from what the models add to the database.
 
-    The file is passed through `ruff check --fix` and `ruff format` when ruff is
+    The file is passed through `ruff format` and `ruff check --fix` when ruff is
     installed (the dev group), so it meets the project's checks as written.
     """
     with _alembic(url) as (config, conn):
         from alembic import command
 
         config.set_main_option("file_template", "%%(rev)s_%%(slug)s")
-        ruff = Path(sys.executable).with_name("ruff")
-        if ruff.exists():
-            config.set_section_option("post_write_hooks", "hooks", "fix, format")
-            for hook, options in (("fix", "check --fix --quiet"), ("format", "format --quiet")):
-                config.set_section_option("post_write_hooks", f"{hook}.type", "exec")
-                config.set_section_option("post_write_hooks", f"{hook}.executable", str(ruff))
-                config.set_section_option(
-                    "post_write_hooks", f"{hook}.options", f"{options} REVISION_SCRIPT_FILENAME"
-                )
         script = command.revision(
             config,
             message=message,
@@ -339,7 +331,12 @@ def write_revision(url: URL, message: str) -> Path:
             rev_id=f"{int(HEAD_REVISION) + 1:04d}",
         )
         assert script is not None and not isinstance(script, list)  # one, on a linear history
-        return Path(script.path)
+    path = Path(script.path)
+    ruff = Path(sys.executable).with_name("ruff")
+    if ruff.exists():  # its reports are progress: stderr
+        for args in (["format"], ["check", "--fix"], ["format"]):
+            subprocess.run([ruff, *args, "--quiet", path], stdout=sys.stderr, check=False)
+    return path
 
 
 def _migrate(url: URL, action: str, revision: str) -> tuple[str | None, str | None]:

@@ -48,12 +48,17 @@ def clone(tmp_path: Path) -> Path:
     return copy
 
 
+def shell_env() -> dict[str, str]:
+    """A person's shell: none of the service's settings, and not inside `make test`."""
+    prefixes = ("DATABASE_URL", "AUTH_", "SECRET_KEY", "INSTANCE_PATH", "DB_", "WEB_", "MAKE")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes + ("MFLAGS",))}
+
+
 @pytest.fixture
 def served(clone: Path) -> Iterator[tuple[Path, int]]:
     """`make run` in the clone, on a free port; the clone and the port."""
     port = free_port()
-    prefixes = ("DATABASE_URL", "AUTH_", "SECRET_KEY", "INSTANCE_PATH", "DB_", "WEB_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env = shell_env()
     log = (clone / "make-run.log").open("w")
     assert "make run" in block_with("make run")
     process = subprocess.Popen(
@@ -101,6 +106,7 @@ def test_make_run_serves_and_the_examples_give_the_statuses_they_promise(
     result = subprocess.run(
         ["bash", "-c", "set -euo pipefail\n" + script],
         cwd=clone,
+        env=shell_env(),
         capture_output=True,
         text=True,
         timeout=120,

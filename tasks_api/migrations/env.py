@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from tasks_api.models import Base
+from tasks_api.models import Base, compared_by_autogenerate
 
 connection = context.config.attributes["connection"]
 context.configure(
@@ -11,6 +11,7 @@ context.configure(
     # SQLite can alter a table only by copying it.
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    include_object=lambda *args: compared_by_autogenerate(*args, dialect=connection.dialect.name),
 )
 with context.begin_transaction():
     context.run_migrations()
