@@ -7,7 +7,8 @@ The design, and why it never skips a change:
   statement, on PostgreSQL a data-modifying CTE (`INSERT ... ON CONFLICT DO UPDATE ...
   RETURNING`), and stamps the row it writes with the new value: a task's
   `change_position`, or the tombstone a delete leaves in the same statement. A write
-  that changes nothing keeps its position, as it keeps its version.
+  that changes nothing keeps its position, as it keeps its version (the counter still
+  moves, leaving a gap, which costs nothing).
 - The counter's row lock is held until the write commits, so the next write of the same
   user waits for that commit before taking the next position: one user's writes commit
   in the order of their positions. A reader's statement sees one snapshot; if it sees
@@ -15,7 +16,7 @@ The design, and why it never skips a change:
   position, so every row stamped H or lower is in that snapshot, in its latest state.
   Nothing can later appear below H. That is what a sequence or a timestamp cannot give:
   two writers take 10 and 11, 11 commits first, and a reader that passes 11 while 10 is
-  still running skips 10 forever (tests/test_sync.py shows it with `updated_at`).
+  still running skips 10 forever (tests/test_sync_race.py shows it with `updated_at`).
 - The counter is advanced before the task row is locked (the write joins the CTE's row),
   in the same order by every write, so two writes of one user cannot deadlock. Writes of
   different users never touch the same counter. SQLite has one writer at a time (BEGIN
@@ -29,10 +30,10 @@ The design, and why it never skips a change:
 A token carries the position P the client has applied, the tombstone floor F (a first
 sync reads tasks only, so the ids deleted before it began are not its business), the
 time T since which the client has been complete, and the user it is for, signed with
-SECRET_KEY. A complete answer moves P to H and T to now; a page with more after it
-moves P to its last entry and keeps T. Tombstones are purged 30 days (and a margin)
-after the delete; a token whose T is older than 30 days is refused (410), so no token
-that is accepted can need a purged tombstone.
+SECRET_KEY. A complete answer moves P to H and T to the time the read began; a page
+with more after it moves P to its last entry and keeps T. Tombstones are purged 30 days
+(and a margin) after the delete; a token whose T is older than 30 days is refused (410),
+so no token that is accepted can need a purged tombstone.
 """
 
 from __future__ import annotations
