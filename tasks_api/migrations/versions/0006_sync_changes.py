@@ -36,7 +36,9 @@ def upgrade() -> None:
         sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("user_id", "position", name=op.f("pk_task_tombstones")),
     )
-    op.create_index("ix_task_tombstones_deleted_at", "task_tombstones", ["deleted_at"])
+    op.create_index(
+        "ix_task_tombstones_deleted_at", "task_tombstones", ["deleted_at"], postgresql_using="brin"
+    )
     # A default only to add the column to a table with rows; the app always sets it.
     op.add_column(
         "tasks",
