@@ -62,8 +62,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         elif parts[:1] == ["api"] and len(parts) == 3 and method == "POST":
             now = datetime.now(UTC)
             result = conn.execute(
-                f"INSERT INTO tasks ({COLUMNS}) VALUES (%s, %s, %s, %s, false, 'todo', 'medium',"
-                " NULL, '{}', NULL, %s, %s, 1)"
+                f"INSERT INTO tasks ({COLUMNS}, change_position)"
+                " VALUES (%s, %s, %s, %s, false, 'todo', 'medium', NULL, '{}', NULL, %s, %s, 1, 0)"
                 f" RETURNING {COLUMNS}",
                 [uuid.uuid4(), parts[1], body["title"], body.get("description"), now, now],
             ).fetchone()

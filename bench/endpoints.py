@@ -128,15 +128,15 @@ def seed(url: str, work: Path, rounds: int) -> dict[str, Path]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET statement_timeout = 0")  # migration 0004's 5 s is for requests
         conn.execute(
-            "INSERT INTO tasks (id, user_id, title, completed, created_at, updated_at, version)"
-            " SELECT gen_random_uuid(), 'user-' || (i % 500), 'Task ' || i, false,"
-            " now() - i * interval '1 second', now() - i * interval '1 second', 1"
+            "INSERT INTO tasks (id, user_id, title, completed, created_at, updated_at, version,"
+            " change_position) SELECT gen_random_uuid(), 'user-' || (i % 500), 'Task ' || i,"
+            " false, now() - i * interval '1 second', now() - i * interval '1 second', 1, i"
             " FROM generate_series(1, 10000) AS i"
         )
         conn.execute(
-            "INSERT INTO tasks (id, user_id, title, completed, created_at, updated_at, version)"
-            " SELECT gen_random_uuid(), 'doomed-' || (i %% 2000), 'Doomed ' || i, false,"
-            " now(), now(), 1 FROM generate_series(1, %s) AS i",
+            "INSERT INTO tasks (id, user_id, title, completed, created_at, updated_at, version,"
+            " change_position) SELECT gen_random_uuid(), 'doomed-' || (i %% 2000), 'Doomed ' || i,"
+            " false, now(), now(), 1, i FROM generate_series(1, %s) AS i",
             [per_run * rounds * len(KINDS)],
         )
         conn.execute("VACUUM ANALYZE tasks")

@@ -44,8 +44,8 @@ def create_task(user_id: str) -> Response:
     now = datetime.now(UTC)
     with _pool().connection() as conn:
         row = conn.execute(
-            f"INSERT INTO tasks ({COLUMNS}) VALUES (%s, %s, %s, %s, false, 'todo', 'medium',"
-            " NULL, '{}', NULL, %s, %s, 1)"
+            f"INSERT INTO tasks ({COLUMNS}, change_position)"
+            " VALUES (%s, %s, %s, %s, false, 'todo', 'medium', NULL, '{}', NULL, %s, %s, 1, 0)"
             f" RETURNING {COLUMNS}",
             [uuid.uuid4(), user_id, body["title"], body.get("description"), now, now],
         ).fetchone()

@@ -63,7 +63,8 @@ DEPTH = 100
 
 SEED = """
 INSERT INTO tasks (id, user_id, title, description, completed, status, priority, due_date,
-                   tags, tag_keys, completed_at, created_at, updated_at, version)
+                   tags, tag_keys, completed_at, created_at, updated_at, version,
+                   change_position)
 SELECT gen_random_uuid(), {user}, 'Task ' || md5(i::text),
        CASE WHEN i % 4 = 0 THEN 'Notes for task ' || i END,
        i % 3 = 0, (ARRAY['done', 'todo', 'in_progress'])[1 + i % 3],
@@ -72,7 +73,7 @@ SELECT gen_random_uuid(), {user}, 'Task ' || md5(i::text),
        CASE WHEN {tagged} THEN ARRAY['Work', 'home'] ELSE '{{}}' END,
        CASE WHEN {tagged} THEN ARRAY['work', 'home'] ELSE '{{}}' END,
        CASE WHEN i % 3 = 0 THEN ts + interval '1 hour' END,
-       ts, ts + (i % 997) * interval '1 second', 1
+       ts, ts + (i % 997) * interval '1 second', 1, i
 FROM (SELECT i, timestamptz '2025-01-01 00:00:00+00' + i * interval '7 seconds' AS ts
       FROM generate_series(1, {count}) AS i) AS s
 """

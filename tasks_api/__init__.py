@@ -12,7 +12,7 @@ from flask import Blueprint, Flask, Response, request
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, cli, db, errors, logs, pages, routes
+from . import auth, cli, db, errors, logs, pages, routes, sync
 from .config import ConfigError, Settings, instance_secret
 from .schemas import ProblemSchema
 
@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None, *, instance_path: str | None = 
         secret_key = instance_secret(Path(app.instance_path), "secret-key")
     if secret_key is not None:  # None only under the flask command, which serves nothing
         app.extensions["tasks_api.cursor_serializer"] = pages.serializer(secret_key)
+        app.extensions["tasks_api.sync_serializer"] = sync.serializer(secret_key)
     if settings.trusted_proxies:
         # Scheme, host and port (for the next-page links) from the proxies' X-Forwarded-*.
         n = settings.trusted_proxies

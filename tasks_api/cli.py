@@ -38,8 +38,10 @@ class CLIError(click.ClickException):
 
 
 def register(app: Flask) -> None:
-    for command in (db_cli, token_command, purge_idempotency_keys):
+    for command in (db_cli, token_command, purge_command):
         app.cli.add_command(command)
+    # Its name before the purge also took tombstones; schedulers may still call it.
+    app.cli.add_command(purge_command, "purge-idempotency-keys")
 
 
 db_cli = AppGroup("db", help="Database migrations (Alembic).")
@@ -149,14 +151,18 @@ def token_command(user_id: str, expires_in: timedelta) -> None:
     click.echo(authenticator.issue(user_id, expires_in))
 
 
-@click.command("purge-idempotency-keys")
+@click.command("purge")
 @with_appcontext
-def purge_idempotency_keys() -> None:
-    """Delete Idempotency-Key records older than 24 hours.
+def purge_command() -> None:
+    """Delete expired records: Idempotency-Key records older than 24 hours, and the
+    tombstones of tasks deleted more than 30 days ago (the sync feed's memory).
 
-    Expired keys are also reused in place when a client sends them again; this keeps
-    the table small. Run it daily from the platform's scheduler.
+    Run it daily from the platform's scheduler. It is safe while clients sync: a sync
+    token old enough to need a purged tombstone is refused (410) anyway.
+    `purge-idempotency-keys` is the same command under its earlier name.
     """
     url = db.current_engine().url
     with _database_errors(url), db.current_engine().connect() as conn:
-        click.echo(f"purged {repository.purge_keys(conn)} expired idempotency keys")
+        keys = repository.purge_keys(conn)
+        tombstones = repository.purge_tombstones(conn)
+    click.echo(f"purged {keys} expired idempotency keys and {tombstones} expired tombstones")

@@ -17,6 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import (
     Conflict,
     Forbidden,
+    Gone,
     HTTPException,
     NotFound,
     PreconditionFailed,
@@ -80,6 +81,10 @@ def precondition_failed(current_etag: str | None) -> NoReturn:
     if current_etag is not None:
         exc.data = {"headers": {"ETag": current_etag}}  # type: ignore[attr-defined]
     raise exc
+
+
+def gone(detail: str) -> NoReturn:
+    raise Gone(detail)
 
 
 def task_not_found() -> NoReturn:
@@ -173,6 +178,7 @@ RESPONSES = {
         "Conflict",
         "A request with this Idempotency-Key is still in flight; retry after `Retry-After`.",
     ),
+    410: ("Gone", "The sync token is older than 30 days: sync again without `since`."),
     412: ("PreconditionFailed", "If-Match names a version the task no longer has."),
     413: ("PayloadTooLarge", "The body is larger than 64 KiB."),
     414: (

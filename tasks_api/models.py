@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     Date,
     DateTime,
@@ -135,9 +136,13 @@ class Task(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     version: Mapped[int]
+    # The user's change counter (SyncPosition) when the task last changed: the sync feed
+    # reads "changed after position P" as a range of ix_tasks_user_id_change_position.
+    change_position: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (
         PrimaryKeyConstraint("user_id", "id"),
+        Index("ix_tasks_user_id_change_position", "user_id", "change_position"),
         # One per list sort, so a page of one user's tasks is an index range scan in
         # either direction, however many tasks the user has and however deep the page.
         Index("ix_tasks_user_id_created_at_id", "user_id", "created_at", "id"),
@@ -201,3 +206,36 @@ class IdempotencyKey(Base):
     response: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+
+class SyncPosition(Base):
+    """Each user's change counter: every write of the user's tasks advances it by one in
+    the write's own statement, and stamps the task (or its tombstone) with the new value.
+
+    The row lock the advance takes is held to the write's commit, so one user's writes
+    commit in the order of their positions (tasks_api/sync.py says why that matters).
+    """
+
+    __tablename__ = "sync_positions"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger)
+
+
+class Tombstone(Base):
+    """A deleted task, remembered for the sync feed until the retention has passed."""
+
+    __tablename__ = "task_tombstones"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # Unique per user, like the tasks' change_position: the feed's order and its range.
+    position: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    id: Mapped[uuid.UUID]
+    deleted_at: Mapped[datetime]
+
+    # Only the purge reads by time. Tombstones arrive in time order, so on PostgreSQL a
+    # BRIN index (a few bytes per range of pages, next to nothing to maintain) finds the
+    # expired ones without adding a B-tree insert to every delete.
+    __table_args__ = (
+        Index("ix_task_tombstones_deleted_at", "deleted_at", postgresql_using="brin"),
+    )

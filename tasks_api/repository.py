@@ -10,10 +10,10 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -27,6 +27,7 @@ from sqlalchemy import (
     case,
     delete,
     exists,
+    false,
     func,
     insert,
     literal,
@@ -35,7 +36,9 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    true,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -47,16 +50,21 @@ from .models import (
     PRIORITY_RANK,
     PRIORITY_RANK_REVERSED,
     IdempotencyKey,
+    SyncPosition,
     Task,
+    Tombstone,
     UTCDateTime,
     due_key,
 )
 
 TASKS = cast(Table, Task.__table__)
+POSITIONS = cast(Table, SyncPosition.__table__)
+TOMBSTONES = cast(Table, Tombstone.__table__)
 # What a task row reads as: every column but the case-folded tags, which only the
-# `tag` filter uses.
-COLUMNS = tuple(c for c in TASKS.c if c.key != "tag_keys")
+# `tag` filter uses, and the change position, which only the sync feed does.
+COLUMNS = tuple(c for c in TASKS.c if c.key not in ("tag_keys", "change_position"))
 Row = Mapping[str, Any]
+T = TypeVar("T")
 
 # Each list sort: the keys it orders by (then by id), all in one direction, and whether
 # that is descending. Each has an index on (user_id, *keys, id), so a page is a range
@@ -267,7 +275,12 @@ def new_task(
 def create_task(conn: Connection, task: Row) -> Row:
     """Insert `task` (from `new_task`) and return it: every value in it is already the
     stored one, so there is nothing to read back."""
-    _INSERT.rowcount(conn, **task)
+    if conn.dialect.name == "postgresql":
+        _INSERT.rowcount(conn, **task)
+    else:
+        _sqlite_write(
+            conn, task["user_id"], lambda p: _INSERT_SQLITE.rowcount(conn, **task, position=p)
+        )
     return task
 
 
@@ -293,10 +306,9 @@ def update_task(
         values["completed"] = values["status"] == "done"
     if "tags" in values:
         values["tag_keys"] = [tag_key(tag) for tag in values["tags"]]
-    query = _update_query(tuple(sorted(values)), _arity(versions))
-    return query.row(
-        conn, **values, **_if_match(versions), owner=user_id, task_id=task_id, now=_now()
-    )
+    query = _update_query(conn.dialect.name, tuple(sorted(values)), _arity(versions))
+    params = {**values, **_if_match(versions), "owner": user_id, "task_id": task_id, "now": _now()}
+    return _write(conn, user_id, lambda p: query.row(conn, **params, position=p))
 
 
 def set_completed(
@@ -320,9 +332,9 @@ def set_completed(
             changes={"completed": completed},
             versions=versions,
         )
-    return _toggle_query(_arity(versions)).row(
-        conn, **_if_match(versions), owner=user_id, task_id=task_id, now=_now()
-    )
+    query = _toggle_query(conn.dialect.name, _arity(versions))
+    params = {**_if_match(versions), "owner": user_id, "task_id": task_id, "now": _now()}
+    return _write(conn, user_id, lambda p: query.row(conn, **params, position=p))
 
 
 def delete_task(
@@ -332,9 +344,20 @@ def delete_task(
     task_id: uuid.UUID,
     versions: Collection[int] | None = None,
 ) -> bool:
-    """Delete the task; False if the user has no such task (at one of `versions`)."""
-    query = _delete_query(_arity(versions))
-    return query.rowcount(conn, **_if_match(versions), owner=user_id, task_id=task_id) == 1
+    """Delete the task, leaving its tombstone; False if the user has no such task (at
+    one of `versions`)."""
+    query = _delete_query(conn.dialect.name, _arity(versions))
+    params = {**_if_match(versions), "owner": user_id, "task_id": task_id, "now": _now()}
+    if conn.dialect.name == "postgresql":
+        return query.rowcount(conn, **params) == 1
+
+    def delete_then_bury(position: int) -> bool:
+        gone = query.row(conn, **params)
+        if gone is not None:
+            _BURY.rowcount(conn, **params, id=gone["id"], position=position)
+        return gone is not None
+
+    return _sqlite_write(conn, user_id, delete_then_bury)
 
 
 def task_version(conn: Connection, *, user_id: str, task_id: uuid.UUID) -> int | None:
@@ -372,19 +395,88 @@ def _timestamp(name: str) -> ColumnElement[datetime]:
     return bindparam(name, type_=UTCDateTime())
 
 
+# --- change positions (the sync feed; tasks_api/sync.py argues the design) -----------
+
+
+def _advance(dialect: str, owner: str = "owner") -> Any:
+    """Advance the user's change counter (creating it at 1); returns user_id, position.
+
+    On PostgreSQL it is a CTE of the write itself: the counter's row lock, held to the
+    commit, makes one user's writes commit in the order of their positions.
+    """
+    dialect_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    stmt = dialect_insert(POSITIONS).values(
+        user_id=bindparam(owner, type_=POSITIONS.c.user_id.type), position=literal_column("1")
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[POSITIONS.c.user_id], set_={"position": POSITIONS.c.position + 1}
+    )
+    return stmt.returning(POSITIONS.c.user_id, POSITIONS.c.position)
+
+
+_ADVANCED = _advance("postgresql").cte("advanced")
+_ADVANCED_FOR_CREATE = _advance("postgresql", "user_id").cte("advanced")
+_ADVANCE_SQLITE = Query(_advance("sqlite"))
+
+
+def _position(dialect: str) -> tuple[ColumnElement[int], ColumnElement[bool] | None]:
+    """The write's new position, and on PostgreSQL the join that reads it from the CTE.
+
+    The join, not a scalar subquery: the counter is then advanced before the task row
+    is locked for the write, the same order for every write, so two writes of one user
+    cannot deadlock.
+    """
+    if dialect == "postgresql":
+        return _ADVANCED.c.position, TASKS.c.user_id == _ADVANCED.c.user_id
+    return bindparam("position", type_=TASKS.c.change_position.type), None
+
+
+def _write(conn: Connection, user_id: str, write: Callable[[int | None], T]) -> T:
+    """Run `write`: on PostgreSQL as the one statement it is; on SQLite after advancing
+    the counter, in one transaction."""
+    if conn.dialect.name == "postgresql":
+        return write(None)
+    return _sqlite_write(conn, user_id, write)
+
+
+def _sqlite_write(conn: Connection, user_id: str, write: Callable[[int], T]) -> T:
+    # The engine autocommits; SQLite takes BEGIN IMMEDIATE as is and holds its one write
+    # lock from here, so positions are taken and committed in the same order.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    try:
+        advanced = _ADVANCE_SQLITE.row(conn, owner=user_id)
+        assert advanced is not None  # an upsert always returns its row
+        result = write(int(advanced["position"]))
+    except BaseException:
+        conn.exec_driver_sql("ROLLBACK")
+        raise
+    conn.exec_driver_sql("COMMIT")
+    return result
+
+
 _GET = Query(select(*COLUMNS).where(*_owned()))
 _VERSION = Query(select(TASKS.c.version).where(*_owned()))
 
 
-_INSERT_STATEMENT = insert(TASKS).values({c.key: bindparam(c.key, type_=c.type) for c in TASKS.c})
-_INSERT = Query(_INSERT_STATEMENT)
+def _insert_statement(dialect: str) -> Any:
+    values: dict[str, Any] = {c.key: bindparam(c.key, type_=c.type) for c in TASKS.c}
+    if dialect == "postgresql":
+        values["change_position"] = select(_ADVANCED_FOR_CREATE.c.position).scalar_subquery()
+    else:
+        values["change_position"] = bindparam("position", type_=TASKS.c.change_position.type)
+    return insert(TASKS).values(values)
+
+
+_INSERT = Query(_insert_statement("postgresql"))
+_INSERT_SQLITE = Query(_insert_statement("sqlite"))
 
 
 # Variants by the fields changed and the number of If-Match versions; bounded, since
 # clients choose the latter.
-@functools.lru_cache(maxsize=256)
-def _update_query(fields: tuple[str, ...], if_match: int | None) -> Query:
+@functools.lru_cache(maxsize=512)
+def _update_query(dialect: str, fields: tuple[str, ...], if_match: int | None) -> Query:
     now = _timestamp("now")
+    position, join = _position(dialect)
     new = {name: bindparam(name, type_=TASKS.c[name].type) for name in fields}
     values: dict[str, Any] = dict(new)
     if "completed" in new and "status" not in new:
@@ -401,12 +493,16 @@ def _update_query(fields: tuple[str, ...], if_match: int | None) -> Query:
         )
     values["updated_at"] = case((changed, now), else_=TASKS.c.updated_at)
     values["version"] = TASKS.c.version + case((changed, 1), else_=0)
-    return Query(update(TASKS).where(*_owned(if_match)).values(values).returning(*COLUMNS))
+    # A write that changes nothing keeps its position, as it keeps its version.
+    values["change_position"] = case((changed, position), else_=TASKS.c.change_position)
+    stmt = update(TASKS).where(*_owned(if_match)).values(values).returning(*COLUMNS)
+    return Query(stmt if join is None else stmt.where(join))
 
 
-@functools.lru_cache(maxsize=16)
-def _toggle_query(if_match: int | None) -> Query:
+@functools.lru_cache(maxsize=32)
+def _toggle_query(dialect: str, if_match: int | None) -> Query:
     now = _timestamp("now")
+    position, join = _position(dialect)
     stmt = (
         update(TASKS)
         .where(*_owned(if_match))
@@ -416,16 +512,139 @@ def _toggle_query(if_match: int | None) -> Query:
             completed_at=case((TASKS.c.completed, null()), else_=now),
             updated_at=now,
             version=TASKS.c.version + 1,
+            change_position=position,
         )
         .returning(*COLUMNS)
     )
-    return Query(stmt)
+    return Query(stmt if join is None else stmt.where(join))
 
 
-@functools.lru_cache(maxsize=16)
-def _delete_query(if_match: int | None) -> Query:
-    return Query(delete(TASKS).where(*_owned(if_match)))
+@functools.lru_cache(maxsize=32)
+def _delete_query(dialect: str, if_match: int | None) -> Query:
+    """PostgreSQL: the delete and its tombstone in one statement. SQLite: the delete,
+    returning the id that `_BURY` then records in the same transaction."""
+    if dialect != "postgresql":
+        return Query(delete(TASKS).where(*_owned(if_match)).returning(TASKS.c.id))
+    position, join = _position(dialect)
+    assert join is not None
+    gone = (
+        delete(TASKS)
+        .where(*_owned(if_match), join)
+        .returning(TASKS.c.user_id, TASKS.c.id, position.label("position"))
+        .cte("gone")
+    )
+    return Query(_bury(select(gone.c.user_id, gone.c.id, gone.c.position, _timestamp("now"))))
 
+
+def _bury(rows: Select[Any]) -> Any:
+    return insert(TOMBSTONES).from_select(["user_id", "id", "position", "deleted_at"], rows)
+
+
+_BURY = Query(
+    _bury(
+        select(
+            bindparam("owner", type_=TOMBSTONES.c.user_id.type),
+            bindparam("id", type_=TOMBSTONES.c.id.type),
+            bindparam("position", type_=TOMBSTONES.c.position.type),
+            _timestamp("now"),
+        )
+    )
+)
+
+
+# --- the sync feed -----------------------------------------------------------------------
+
+# Above every position: the tombstone bound of a first sync, which reads tasks only.
+NO_TOMBSTONES = 2**62
+TOMBSTONE_RETENTION = timedelta(days=30)
+# Tombstones outlive the tokens that may need them by this much: a delete's clock is read
+# just before its statement, and instances' clocks differ by a little.
+PURGE_MARGIN = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class ChangesPage:
+    """What changed after a position, in position order (at most `limit` entries)."""
+
+    changed: Sequence[Row]  # tasks, each with its `position`
+    deleted: Sequence[Row]  # id, position
+    horizon: int  # the user's counter when read: every position up to it is in the read
+
+
+def changes(
+    conn: Connection, *, user_id: str, after: int, deleted_after: int, limit: int
+) -> ChangesPage:
+    """The user's tasks changed after position `after` and tombstones after
+    `deleted_after`, the first `limit` entries of the two in position order. One
+    statement, so one snapshot: each branch is a range scan of its index."""
+    changed: list[Row] = []
+    deleted: list[Row] = []
+    horizon = 0  # a user who never wrote has no counter, and nothing to read
+    for row in _CHANGES.rows(
+        conn, owner=user_id, after=after, deleted_after=deleted_after, limit=limit
+    ):
+        horizon = int(row["horizon"])
+        if row["position"] is not None:  # the counter's row alone: nothing after
+            (deleted if row["deleted"] else changed).append(row)
+    return ChangesPage(changed, deleted, horizon)
+
+
+def _changes_statement() -> Any:
+    owner = bindparam("owner", type_=TASKS.c.user_id.type)
+    limit: Any = bindparam("limit")
+    position = TASKS.c.change_position
+    changed = (
+        select(*COLUMNS, position.label("position"), false().label("deleted"))
+        .where(TASKS.c.user_id == owner, position > bindparam("after", type_=position.type))
+        .order_by(position)
+        .limit(limit)
+        .subquery("changed")
+    )
+    buried = (
+        select(
+            *(
+                TOMBSTONES.c[c.key]
+                if c.key in ("id", "user_id")
+                else null().cast(c.type).label(c.key)
+                for c in COLUMNS
+            ),
+            TOMBSTONES.c.position,
+            true().label("deleted"),
+        )
+        .where(
+            TOMBSTONES.c.user_id == owner,
+            TOMBSTONES.c.position > bindparam("deleted_after", type_=position.type),
+        )
+        .order_by(TOMBSTONES.c.position)
+        .limit(limit)
+        .subquery("buried")
+    )
+    page = union_all(select(changed), select(buried)).subquery("page")
+    return (
+        select(POSITIONS.c.position.label("horizon"), *page.c)
+        .select_from(POSITIONS.outerjoin(page, true()))
+        .where(POSITIONS.c.user_id == owner)
+        .order_by(page.c.position)
+        .limit(limit)
+    )
+
+
+_CHANGES = Query(_changes_statement())
+
+
+def purge_tombstones(conn: Connection, *, now: datetime | None = None) -> int:
+    """Delete the tombstones past their retention (and the margin); return how many.
+
+    Safe while clients sync: a token old enough to need a purged tombstone is refused
+    (410) before it reads anything.
+    """
+    expired = (now or _now()) - TOMBSTONE_RETENTION - PURGE_MARGIN
+    return _PURGE_TOMBSTONES.rowcount(conn, expired_before=expired)
+
+
+_PURGE_TOMBSTONES = Query(
+    delete(TOMBSTONES).where(TOMBSTONES.c.deleted_at < _timestamp("expired_before"))
+)
 
 # --- idempotency keys ------------------------------------------------------------------
 
@@ -499,14 +718,12 @@ def create_task_for_key(
         # One statement, one round trip: a data-modifying CTE runs to completion.
         _CREATE_FOR_KEY.rowcount(conn, **params)
         return
-    conn.exec_driver_sql("BEGIN IMMEDIATE")  # the engine autocommits; SQLite takes it as is
-    try:
-        _INSERT.rowcount(conn, **task)
+
+    def create_and_record(position: int) -> None:
+        _INSERT_SQLITE.rowcount(conn, **task, position=position)
         _RECORD.rowcount(conn, **params)
-    except BaseException:
-        conn.exec_driver_sql("ROLLBACK")
-        raise
-    conn.exec_driver_sql("COMMIT")
+
+    _sqlite_write(conn, task["user_id"], create_and_record)
 
 
 def release_key(conn: Connection, *, user_id: str, key: str) -> None:
@@ -532,6 +749,6 @@ _RECORD_STATEMENT = (
     )
 )
 _RECORD = Query(_RECORD_STATEMENT)
-_CREATE_FOR_KEY = Query(_RECORD_STATEMENT.add_cte(_INSERT_STATEMENT.cte("created")))
+_CREATE_FOR_KEY = Query(_RECORD_STATEMENT.add_cte(_INSERT.statement.cte("created")))
 _RELEASE = Query(delete(KEYS).where(*_KEY, KEYS.c.status.is_(None)))
 _PURGE = Query(delete(KEYS).where(KEYS.c.created_at < _timestamp("expired_before")))

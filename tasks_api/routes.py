@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
@@ -18,13 +19,15 @@ from webargs.core import is_json, missing
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
-from . import auth, db, errors, pages, repository
+from . import auth, db, errors, pages, repository, sync
 from .repository import Row
 from .schemas import (
     ONE_STATE,
     USER_ID,
     USER_ID_PATTERN,
     USER_ID_RULE,
+    ChangesQueryArgsSchema,
+    ChangesSchema,
     HealthSchema,
     IdempotencyHeadersSchema,
     TaskCompletionSchema,
@@ -374,6 +377,51 @@ class Tasks(MethodView):
             created = repository.create_task(db.connection(), task)
             return _task_response(created, 201, created=True)
         return _create_once(task, key, _fingerprint(fields))
+
+
+@tasks.route("/changes")
+class TaskChanges(MethodView):
+    init_every_request = False
+
+    @operation("listTaskChanges", 401, 403, 410, 422, 503)
+    @tasks.arguments(ChangesQueryArgsSchema(), location="query")
+    @tasks.response(200, ChangesSchema, description="What changed after the token.")
+    def get(self, args: dict[str, Any], user_id: str) -> Response:
+        """List what changed since the last sync
+
+        Without `since`, every task, page by page; with it, every task created or
+        changed after that point, in its current state, and the ids of the tasks
+        deleted since. Apply the answer (put each task by `id`, remove each deleted id),
+        keep `next`, and call again with it, at once while `more` is true. A token
+        older than 30 days is a 410: start again without `since`.
+        """
+        token, limit = args.get("since"), args["limit"]
+        since = sync.first() if token is None else sync.read(user_id, token)
+        read_at = int(time.time())  # before the read: a later delete is after it
+        page = db.read(
+            lambda conn: repository.changes(
+                conn,
+                user_id=user_id,
+                after=since.position,
+                deleted_after=since.deleted_after,
+                limit=limit + 1,  # one more tells whether more wait
+            )
+        )
+        entries = sorted((*page.changed, *page.deleted), key=lambda row: row["position"])
+        more = len(entries) > limit
+        kept = repository.ChangesPage(
+            changed=[row for row in entries[:limit] if not row["deleted"]],
+            deleted=[row for row in entries[:limit] if row["deleted"]],
+            horizon=page.horizon,
+        )
+        following = sync.following(since, kept, more=more, read_at=read_at)
+        body = {
+            "changes": [dump_task(task) for task in kept.changed],
+            "deleted": [str(row["id"]) for row in kept.deleted],
+            "next": sync.issue(user_id, following),
+            "more": more,
+        }
+        return _json(body)
 
 
 _TASK_ID_PARAMETER = {

@@ -31,6 +31,8 @@ SORTS = (
 )
 LIMIT_MAX = 500
 LIMIT_DEFAULT = 100
+CHANGES_LIMIT_MAX = 1000
+CHANGES_LIMIT_DEFAULT = 500
 TAGS_MAX = 20
 TAG_MAX = 50
 SERVER_SET = ("id", "user_id", "completed_at", "created_at", "updated_at", "version")
@@ -408,6 +410,23 @@ class TaskQueryArgsSchema(ma.Schema):
     )
 
 
+class ChangesQueryArgsSchema(ma.Schema):
+    """What a sync request may ask for, in its query string."""
+
+    since = fields.String(
+        validate=validate.Length(min=1, max=1024),
+        metadata={
+            "description": "The `next` token of the previous answer; leave it out to start "
+            "(every task, page by page)."
+        },
+    )
+    limit = fields.Integer(
+        load_default=CHANGES_LIMIT_DEFAULT,
+        validate=validate.Range(min=1, max=CHANGES_LIMIT_MAX),
+        metadata={"description": "At most this many entries of `changes` and `deleted` together."},
+    )
+
+
 class TaskSchema(ResponseSchema):
     id = fields.UUID(required=True)
     user_id = fields.String(required=True)
@@ -456,6 +475,29 @@ def dump_task(task: Mapping[str, Any]) -> dict[str, Any]:
         "updated_at": rfc3339(task["updated_at"]),
         "version": task["version"],
     }
+
+
+class ChangesSchema(ResponseSchema):
+    """What changed since the token: apply it, then call again with `next`."""
+
+    changes = fields.List(
+        fields.Nested(TaskSchema),
+        required=True,
+        metadata={"description": "Tasks created or changed, each in its current state, once."},
+    )
+    deleted = fields.List(
+        fields.UUID(),
+        required=True,
+        metadata={"description": "Ids of tasks deleted (an id the client never had may come)."},
+    )
+    next = fields.String(
+        required=True,
+        metadata={"description": "The token for the next call; keep it even when nothing changed."},
+    )
+    more = fields.Boolean(
+        required=True,
+        metadata={"description": "`true`: more changes wait; call again at once with `next`."},
+    )
 
 
 class HealthSchema(ResponseSchema):

@@ -18,6 +18,7 @@ each other's rows while the app commits exactly as it does in production.
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +38,9 @@ from tests.support import (
     PgBouncer,
     UserClient,
     drop_postgres_database,
+    free_port,
     scratch_postgres_database,
+    start_gunicorn,
 )
 
 
@@ -128,3 +131,33 @@ def task(client: FlaskClient, tasks_url: str) -> dict[str, Any]:
 @pytest.fixture
 def task_url(tasks_url: str, task: dict[str, Any]) -> str:
     return f"{tasks_url}/{task['id']}"
+
+
+@pytest.fixture
+def instances_database() -> Iterator[URL]:
+    """A scratch PostgreSQL database of its own, migrated, for app instances to share."""
+    if "postgresql" not in BACKENDS:
+        pytest.skip("TEST_DATABASES excludes postgresql")
+    url, name = scratch_postgres_database("tasks_api_instances")
+    db.upgrade(url.set(drivername="postgresql+psycopg"))
+    yield url
+    drop_postgres_database(name)
+
+
+@pytest.fixture
+def two_instances(instances_database: URL) -> Iterator[list[int]]:
+    """Two gunicorn processes (one worker each) on different ports, one PostgreSQL."""
+    env = {
+        **REQUIRED,
+        "DATABASE_URL": instances_database.render_as_string(hide_password=False),
+        "WEB_CONCURRENCY": "1",
+    }
+    processes = []
+    try:
+        ports = [free_port(), free_port()]
+        processes = [start_gunicorn(env, port, subprocess.DEVNULL) for port in ports]
+        yield ports
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)

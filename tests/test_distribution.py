@@ -13,6 +13,7 @@ from sqlalchemy import Column, Insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
+from sqlalchemy.sql.selectable import CTE
 
 from tasks_api import repository
 from tasks_api.db import Query
@@ -24,10 +25,17 @@ DIALECTS = {
 }
 # The statement factories below enumerate; a new one must be added here to be checked.
 FACTORIES = {"list_query", "_update_query", "_toggle_query", "_delete_query", "_claim_query"}
-# Deleting the expired idempotency keys of every user at once is maintenance, run by the
-# `flask purge-idempotency-keys` command on a schedule, never on a request path. On a
-# distributed database it runs on every shard in parallel, which is what it should do.
-MAINTENANCE = {"_PURGE"}
+# Deleting the expired idempotency keys and tombstones of every user at once is
+# maintenance, run by the `flask purge` command on a schedule, never on a request path. On
+# a distributed database it runs on every shard in parallel, which is what it should do.
+MAINTENANCE = {"_PURGE", "_PURGE_TOMBSTONES"}
+# Statements built for one database only (the others run on both).
+ONLY = {
+    "_INSERT": "postgresql",
+    "_CREATE_FOR_KEY": "postgresql",
+    "_INSERT_SQLITE": "sqlite",
+    "_ADVANCE_SQLITE": "sqlite",
+}
 WRITE_FIELDS = ("title", "description", "status", "completed", "priority", "due_date", "tags")
 
 
@@ -36,7 +44,7 @@ def statements() -> Iterator[tuple[str, Query, list[str]]]:
     both = list(DIALECTS)
     for name, value in vars(repository).items():
         if isinstance(value, Query) and name not in MAINTENANCE:
-            yield name, value, both
+            yield name, value, [ONLY[name]] if name in ONLY else both
     versions = (None, 0, 1, 3)
     for dialect in both:
         for sort in repository.SORT_KEYS:
@@ -53,19 +61,26 @@ def statements() -> Iterator[tuple[str, Query, list[str]]]:
             # As update_task completes them: status sets completed, tags their keys.
             names = {*fields, *(["completed"] if "status" in fields else [])}
             names |= {"tag_keys"} if "tags" in fields else set()
-            for if_match in versions:
-                query = repository._update_query(tuple(sorted(names)), if_match)
-                yield f"update {sorted(names)} {if_match}", query, both
-    for if_match in versions:
-        yield f"toggle {if_match}", repository._toggle_query(if_match), both
-        yield f"delete {if_match}", repository._delete_query(if_match), both
+            for if_match, dialect in itertools.product(versions, both):
+                query = repository._update_query(dialect, tuple(sorted(names)), if_match)
+                yield f"update {dialect} {sorted(names)} {if_match}", query, [dialect]
+    for if_match, dialect in itertools.product(versions, both):
+        toggle = repository._toggle_query(dialect, if_match)
+        yield f"toggle {dialect} {if_match}", toggle, [dialect]
+        yield f"delete {dialect} {if_match}", repository._delete_query(dialect, if_match), [dialect]
 
 
 def names_one_user(statement: Any) -> bool:
     """The statement's WHERE requires `user_id = <parameter>`, or it inserts a row whose
-    user_id is a parameter."""
+    user_id is a parameter, or inserts the rows of a statement (a CTE) that does."""
     if isinstance(statement, Insert):
-        return "user_id" in statement.compile().params
+        if statement.select is None:
+            values: dict[Any, Any] = dict(statement._values or {})
+            return isinstance(values.get("user_id"), BindParameter)
+        froms = statement.select.get_final_froms()
+        if froms:
+            return all(isinstance(f, CTE) and names_one_user(f.element) for f in froms)
+        return isinstance(statement.select.selected_columns[0], BindParameter)
     where = statement.whereclause
     if where is None:
         return False

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,16 +15,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import insert, select
 
-from tasks_api import db
 from tasks_api.repository import KEYS
 from tests.support import (
-    BACKENDS,
-    REQUIRED,
     assert_problem,
-    drop_postgres_database,
-    free_port,
-    scratch_postgres_database,
-    start_gunicorn,
     token_for,
 )
 
@@ -157,13 +147,14 @@ def test_racing_repeats_in_one_instance_create_one_task(
     assert len(tasks_of(app.test_client(), tasks_url)) == 1
 
 
+@pytest.mark.parametrize("command", ["purge", "purge-idempotency-keys"])
 def test_purge_command_deletes_only_expired_keys(
-    app: Flask, user_id: str, tasks_url: str, client: FlaskClient
+    app: Flask, user_id: str, tasks_url: str, client: FlaskClient, command: str
 ) -> None:
     put_record(app, user_id, "expired", age=timedelta(hours=30), done=True)
     client.post(tasks_url, json={"title": "x"}, headers=keyed("fresh"))
 
-    result = app.test_cli_runner().invoke(args=["purge-idempotency-keys"])
+    result = app.test_cli_runner().invoke(args=[command])
 
     assert result.exit_code == 0, result.output
     assert "purged" in result.output
@@ -173,30 +164,6 @@ def test_purge_command_deletes_only_expired_keys(
 
 
 # --- two app instances, one database ----------------------------------------------------
-
-
-@pytest.fixture
-def two_instances(tmp_path: Path) -> Iterator[list[int]]:
-    """Two gunicorn processes (one worker each) on different ports, one PostgreSQL."""
-    if "postgresql" not in BACKENDS:
-        pytest.skip("TEST_DATABASES excludes postgresql")
-    url, name = scratch_postgres_database("tasks_api_instances")
-    db.upgrade(url.set(drivername="postgresql+psycopg"))
-    env = {
-        **REQUIRED,
-        "DATABASE_URL": url.render_as_string(hide_password=False),
-        "WEB_CONCURRENCY": "1",
-    }
-    processes = []
-    try:
-        ports = [free_port(), free_port()]
-        processes = [start_gunicorn(env, port, subprocess.DEVNULL) for port in ports]
-        yield ports
-    finally:
-        for process in processes:
-            process.terminate()
-            process.wait(timeout=30)
-        drop_postgres_database(name)
 
 
 def test_two_instances_receiving_the_same_key_at_once_create_one_task(

@@ -455,14 +455,14 @@ def many(app: Flask, backend: str, user_id: str) -> None:
         conn.execute(
             text(
                 "INSERT INTO tasks (id, user_id, title, completed, status, priority, due_date,"
-                " tags, tag_keys, created_at, updated_at, version)"
+                " tags, tag_keys, created_at, updated_at, version, change_position)"
                 f" SELECT {ident}, :u, 'Task ' || i, false, 'todo',"
                 " CASE i % 4 WHEN 0 THEN 'low' WHEN 1 THEN 'medium' WHEN 2 THEN 'high'"
                 " ELSE 'urgent' END,"
                 f" CASE WHEN i % 3 = 0 THEN NULL ELSE {day} END,"
                 f" CASE WHEN i % 1000 = 0 THEN {rare} ELSE {empty} END,"
                 f" CASE WHEN i % 1000 = 0 THEN {rare} ELSE {empty} END,"
-                f" {at}, {at}, 1 FROM {series}"
+                f" {at}, {at}, 1, i FROM {series}"
             ),
             {"u": user_id},
         )

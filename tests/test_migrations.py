@@ -97,6 +97,8 @@ def test_migrations_match_the_models_and_downgrade_cleanly(fresh: tuple[Flask, U
                 "ix_tasks_user_id_due_desc",
                 "ix_tasks_user_id_priority_asc",
                 "ix_tasks_user_id_priority_desc",
+                "ix_tasks_user_id_change_position",
+                "ix_task_tombstones_deleted_at",
             } | ({"ix_tasks_tag_keys"} if conn.dialect.name == "postgresql" else set())
 
         flask_db(app, "downgrade", "base")
@@ -214,4 +216,53 @@ def test_tasks_from_before_0005_read_and_change_through_the_api(
     moved = client.put(task_url, json={"status": "in_progress", "tags": ["kept"]}).get_json()
     assert (moved["completed"], moved["tags"], moved["version"]) == (False, ["kept"], 2)
     assert [t["id"] for t in client.get("/api/alice/tasks?tag=KEPT").get_json()] == [task["id"]]
+    served.extensions["tasks_api.engine"].dispose()
+
+
+def test_tasks_from_before_0006_each_get_a_position_and_sync_once(
+    fresh: tuple[Flask, URL], tmp_path: Path
+) -> None:
+    app, url = fresh
+    engine = create_engine(url)
+    try:
+        flask_db(app, "downgrade" if url.get_backend_name() == "sqlite" else "upgrade", "0005")
+        with engine.begin() as conn:
+            for n in range(3):
+                conn.execute(
+                    text(
+                        "INSERT INTO tasks (id, user_id, title, completed, created_at,"
+                        " updated_at, version) VALUES (:id, 'alice', :title, false, :at, :at, 1)"
+                    ),
+                    {
+                        "id": uuid.UUID(int=10 + n).hex,
+                        "title": f"old {n}",
+                        "at": datetime(2026, 1, 1 + n, tzinfo=UTC),
+                    },
+                )
+        flask_db(app, "upgrade")
+        with engine.connect() as conn:
+            positions = conn.execute(
+                text("SELECT title, change_position FROM tasks ORDER BY title")
+            ).all()
+            counter = conn.execute(text("SELECT user_id, position FROM sync_positions")).all()
+        assert [tuple(row) for row in positions] == [("old 0", 1), ("old 1", 2), ("old 2", 3)]
+        assert [tuple(row) for row in counter] == [("alice", 3)]
+    finally:
+        engine.dispose()
+    served = create_app(
+        Settings.from_env(
+            {"DATABASE_URL": url.render_as_string(False), **REQUIRED}
+            if url.get_backend_name() == "postgresql"
+            else {"AUTH_JWT_SECRET": SECRET}
+        ),
+        instance_path=str(tmp_path),
+    )
+    served.test_client_class = UserClient
+    client = served.test_client()
+    first = client.get("/api/alice/tasks/changes?limit=2").get_json()
+    rest = client.get(f"/api/alice/tasks/changes?since={first['next']}").get_json()
+    assert [t["title"] for t in first["changes"] + rest["changes"]] == ["old 0", "old 1", "old 2"]
+    client.put(f"/api/alice/tasks/{uuid.UUID(int=10)}", json={"title": "new"})
+    after = client.get(f"/api/alice/tasks/changes?since={rest['next']}").get_json()
+    assert [t["title"] for t in after["changes"]] == ["new"]
     served.extensions["tasks_api.engine"].dispose()

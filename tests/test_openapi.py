@@ -31,6 +31,7 @@ OPERATIONS = {
         "toggleTaskCompletion",
         {200, 400, 404, 412, 413, 415, 422, 503} | SECURED,
     ),
+    ("get", "/api/{user_id}/tasks/changes"): ("listTaskChanges", {200, 410, 422, 503} | SECURED),
     ("get", "/health"): ("getHealth", {200, 500}),
     ("get", "/health/ready"): ("getReadiness", {200, 500, 503}),
 }
@@ -132,6 +133,7 @@ def test_conditional_and_idempotency_headers_are_documented(spec: dict[str, Any]
 def test_component_schema_names_are_readable(spec: dict[str, Any]) -> None:
     assert set(spec["components"]["schemas"]) == {
         "Task",
+        "Changes",
         "TaskCreate",
         "TaskUpdate",
         "TaskCompletion",

@@ -96,7 +96,9 @@ def made(counted_app: Flask) -> Callable[[str], str]:
     return make
 
 
-def test_reads_take_one_round_trip(trips: Counter, made: Callable[[str], str]) -> None:
+def test_reads_take_one_round_trip(
+    trips: Counter, made: Callable[[str], str], counted_app: Flask
+) -> None:
     user = f"user-{uuid.uuid4().hex}"
     task_url = made(user)
     for _ in range(25):
@@ -111,6 +113,9 @@ def test_reads_take_one_round_trip(trips: Counter, made: Callable[[str], str]) -
     for sort in ("due_date", "-due_date", "priority", "-priority"):
         assert trips("GET", f"/api/{user}/tasks?sort={sort}&{every_filter}") == 1
         assert trips("GET", f"/api/{user}/tasks?sort={sort}&limit=3") == 1
+    assert trips("GET", f"/api/{user}/tasks/changes?limit=10") == 1
+    since = counted_app.test_client().get(f"/api/{user}/tasks/changes").get_json()["next"]
+    assert trips("GET", f"/api/{user}/tasks/changes?since={since}") == 1
     assert trips("GET", "/health/ready") == 1
     assert trips("GET", "/health") == 0
 

@@ -298,8 +298,9 @@ def test_sigterm_answers_every_request_already_sent(database: str, tmp_path: Pat
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO tasks (id, user_id, title, description, completed, created_at,"
-            " updated_at, version) SELECT gen_random_uuid(), %s, repeat('t', 190) || i,"
-            " repeat('d', 1000), false, now(), now(), 1 FROM generate_series(1, 500) AS i",
+            " updated_at, version, change_position) SELECT gen_random_uuid(), %s,"
+            " repeat('t', 190) || i, repeat('d', 1000), false, now(), now(), 1, i"
+            " FROM generate_series(1, 500) AS i",
             [user],
         )
     with serving(database, tmp_path) as running:
