@@ -39,22 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tasks_api import db  # noqa: E402
+from tasks_api.schemas import SORTS  # noqa: E402
 
 ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATABASE = "tasks_api_bench"
 PORT = 8700
-SORTS = [
-    "-created_at",
-    "created_at",
-    "-updated_at",
-    "updated_at",
-    "title",
-    "-title",
-    "due_date",
-    "-due_date",
-    "priority",
-    "-priority",
-]
 # Each scenario's query string: every sort, then the tag filter.
 QUERIES = [f"sort={sort}" for sort in SORTS] + ["tag=work", "tag=work&sort=due_date"]
 HEAVY, LIGHT = "heavy-user", "light-user"

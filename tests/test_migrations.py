@@ -58,6 +58,18 @@ def index_names(conn: Connection) -> set[str]:
     return set(conn.execute(text(query)).scalars())
 
 
+def serve(url: URL, instance: Path) -> Flask:
+    """The app on the database at `url`, its client acting as the user in each path."""
+    env = (
+        {"DATABASE_URL": url.render_as_string(False), **REQUIRED}
+        if url.get_backend_name() == "postgresql"
+        else {"AUTH_JWT_SECRET": SECRET}
+    )
+    app = create_app(Settings.from_env(env), instance_path=str(instance))
+    app.test_client_class = UserClient
+    return app
+
+
 def flask_db(app: Flask, *args: str) -> None:
     result = app.test_cli_runner().invoke(args=["db", *args])
     assert result.exit_code == 0, result.output
@@ -194,15 +206,7 @@ def test_tasks_from_before_0005_read_and_change_through_the_api(
         flask_db(app, "upgrade")
     finally:
         engine.dispose()
-    served = create_app(
-        Settings.from_env(
-            {"DATABASE_URL": url.render_as_string(False), **REQUIRED}
-            if url.get_backend_name() == "postgresql"
-            else {"AUTH_JWT_SECRET": SECRET}
-        ),
-        instance_path=str(tmp_path),
-    )
-    served.test_client_class = UserClient
+    served = serve(url, tmp_path)
     client = served.test_client()
     task_url = f"/api/alice/tasks/{uuid.UUID(int=7)}"
 
@@ -249,15 +253,7 @@ def test_tasks_from_before_0006_each_get_a_position_and_sync_once(
         assert [tuple(row) for row in counter] == [("alice", 3)]
     finally:
         engine.dispose()
-    served = create_app(
-        Settings.from_env(
-            {"DATABASE_URL": url.render_as_string(False), **REQUIRED}
-            if url.get_backend_name() == "postgresql"
-            else {"AUTH_JWT_SECRET": SECRET}
-        ),
-        instance_path=str(tmp_path),
-    )
-    served.test_client_class = UserClient
+    served = serve(url, tmp_path)
     client = served.test_client()
     first = client.get("/api/alice/tasks/changes?limit=2").get_json()
     rest = client.get(f"/api/alice/tasks/changes?since={first['next']}").get_json()
