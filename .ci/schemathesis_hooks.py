@@ -45,10 +45,12 @@ def before_call(context, case, kwargs):  # type: ignore[no-untyped-def]
     key = (case.headers or {}).get("Idempotency-Key")
     if isinstance(key, str) and re.fullmatch(r"[\x20-\x7e]{1,255}", key):
         case.headers["Idempotency-Key"] = str(uuid.uuid4())
-    # cursor: valid only when this server issued it: no generated one is, even when
-    # it fits the schema, so those are left out (tests/test_lists.py covers bad cursors).
-    # Ones that break the schema (over 2048 characters) go as generated, to be refused:
-    # by the app (422) or, past 8 KiB of request line, by the server (a documented 414).
-    cursor = (case.query or {}).get("cursor")
-    if isinstance(cursor, str) and len(cursor) <= 2048:
-        del case.query["cursor"]
+    # cursor and since (a sync token): valid only when this server issued them: no
+    # generated one is, even when it fits the schema, so those are left out
+    # (tests/test_lists.py and tests/test_sync.py cover bad ones). Ones that break the
+    # schema (longer than its maxLength) go as generated, to be refused: by the app (422)
+    # or, past 8 KiB of request line, by the server (a documented 414).
+    for name, fits in (("cursor", range(0, 2049)), ("since", range(1, 1025))):
+        token = (case.query or {}).get(name)
+        if isinstance(token, str) and len(token) in fits:
+            del case.query[name]
