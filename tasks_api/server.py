@@ -2,7 +2,7 @@
 
 `gunicorn.conf.py` selects it (`worker_class = "tasks_api.server.Worker"`). It is
 gunicorn's gthread worker (a poller thread accepts, a pool of threads runs requests)
-with four changes, each for a promise of API.md:
+with five changes, each for a promise of API.md or the service's throughput:
 
 - A thread gets a connection only once its request has arrived: the poller thread
   reads the head, and a declared body of up to 64 KiB, without blocking. Idle
@@ -12,6 +12,13 @@ with four changes, each for a promise of API.md:
   100-continue`) has READ_TIMEOUT too.
 - On SIGTERM the worker accepts every connection still waiting in the kernel's accept
   queue before it stops listening, and answers them: a deploy loses no request.
+- A worker whose threads are all taken leaves new connections to a worker with a free
+  one. gunicorn's workers all accept from one queue, each as fast as it can, and a
+  kept-alive connection stays with the worker that took it: 64 clients connecting at
+  once often all landed in one worker, which then served them with one process (one
+  GIL) while the other idled, at half the throughput (benoitc/gunicorn#3433). A busy
+  worker stops listening and looks at the queue every ACCEPT_LOOK seconds; a connection
+  still waiting at its second look has found no free worker, and it takes it then.
 - The server's own errors (malformed request line or header, 414, 431, and the 500 of
   a worker aborted on timeout) are problem+json with a request id, like the app's.
 - Its log lines name no URL or query string: only status, what was wrong, request id.
@@ -25,6 +32,7 @@ import json
 import logging
 import os
 import re
+import select
 import selectors
 import socket
 import sys
@@ -58,6 +66,9 @@ _EXPECT = re.compile(rb"\r\nexpect:", re.IGNORECASE)
 # A head this large goes to a thread even unfinished: the parser then reads the rest
 # (within READ_TIMEOUT) and answers 431 if it is too large.
 HEAD_HANDOFF_BYTES = 64 * 1024
+# How often a worker with no free thread looks for connections no other worker took:
+# short beside a request, long beside the microseconds a free worker takes to accept.
+ACCEPT_LOOK = 0.005
 # RFC 9110's names where Python's HTTPStatus still has older ones.
 _TITLES = {413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -148,6 +159,9 @@ class Worker(ThreadWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.in_flight: dict[int, _InFlight] = {}
+        self.may_accept = False  # gunicorn's own limit (worker_connections) allows it
+        self.next_look = 0.0
+        self.waiting: set[socket.socket] = set()  # listeners with a queue at the last look
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -235,7 +249,8 @@ class Worker(ThreadWorker):  # type: ignore[misc]
 
     def set_accept_enabled(self, enabled: bool) -> None:
         if enabled or self.alive:
-            super().set_accept_enabled(enabled)
+            self.may_accept = enabled
+            self._listen(enabled and self._has_free_thread())
             return
         # Stopping. Connections the kernel accepted for us wait in the queue that every
         # worker shares; it is reset when the last worker closes the socket. Take them
@@ -244,9 +259,43 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             listener.setblocking(False)
             while self.accept(listener):
                 pass
-        super().set_accept_enabled(False)
+        self._listen(False)
         for listener in self.sockets:
             listener.close()
+
+    # --- balance: a busy worker leaves new connections to a free one --------------------
+
+    def _has_free_thread(self) -> bool:
+        running = self.nr_conns - len(self.keepalived_conns) - len(self.pending_conns)
+        return bool(running < self.cfg.threads)
+
+    def _listen(self, enabled: bool) -> None:
+        if enabled != self._accepting:
+            super().set_accept_enabled(enabled)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        if self.alive and self.may_accept:
+            if self._has_free_thread():
+                self._listen(True)
+                self.waiting = set()
+            else:
+                self._listen(False)
+                timeout = min(timeout, self._look())
+        super().wait_for_and_dispatch_events(timeout)
+
+    def _look(self) -> float:
+        """Take what waited in the queue since the last look (no free worker took it);
+        return the time until the next look."""
+        now = time.monotonic()
+        if now >= self.next_look:
+            self.next_look = now + ACCEPT_LOOK
+            queued = set(select.select(self.sockets, [], [], 0)[0])
+            for listener in queued & self.waiting:
+                for _ in range(self.cfg.threads):
+                    if not self.accept(listener):
+                        break
+            self.waiting = queued
+        return max(self.next_look - now, 0.0)
 
     # --- the app, with its request id and whether its response has begun -----------------
 

@@ -377,6 +377,40 @@ def test_a_write_stuck_on_a_row_lock_is_a_503_and_changes_nothing(any_server: Se
     assert (unchanged["title"], unchanged["version"]) == ("a", 1)
 
 
+def test_a_busy_worker_leaves_new_connections_to_a_free_one(database: str, tmp_path: Path) -> None:
+    """gunicorn's workers race for every connection; a worker whose one thread waits on a
+    lock would take about half of them and hold each until the lock went away."""
+    user = f"user-{uuid.uuid4().hex}"
+    with serving(database, tmp_path, WEB_THREADS="1") as running:
+        task = exchange(
+            running.port, request("POST", f"/api/{user}/tasks", user, {"title": "a"})
+        ).json()
+        replies: list[Reply] = []
+        waits: list[float] = []
+        with psycopg.connect(database) as blocker:
+            blocker.execute("SELECT 1 FROM tasks WHERE id = %s FOR UPDATE", [task["id"]])
+            path = f"/api/{user}/tasks/{task['id']}"
+            writer = threading.Thread(  # takes one worker's only thread until lock_timeout
+                target=lambda: replies.append(
+                    exchange(running.port, request("PUT", path, user, {"title": "b"}), timeout=20)
+                )
+            )
+            writer.start()
+            time.sleep(0.5)
+            for _ in range(12):  # each on a new connection
+                started = time.monotonic()
+                reply = exchange(running.port, request("GET", f"/api/{user}/tasks", user))
+                waits.append(time.monotonic() - started)
+                assert reply.status == 200
+            still_waiting = writer.is_alive()
+            blocker.rollback()
+            writer.join(timeout=20)
+
+    assert still_waiting  # the lock held one worker all along
+    assert max(waits) < 1, waits
+    assert replies[0].status == 200
+
+
 def test_a_request_that_waits_too_long_for_a_connection_is_a_503(
     database: str, tmp_path: Path
 ) -> None:
