@@ -223,6 +223,13 @@ class Server:
                 connection.close()
         raise RuntimeError(f"{kind} did not start")
 
+    def warm(self, targets: Path) -> None:
+        """One second of load, not counted. /health answers once the first worker is up;
+        connections opened while the other is still importing the app would all stay
+        with the first (a kept-alive connection never moves), and the run would measure
+        one worker. Also fills each worker's pool and psycopg's prepared statements."""
+        wrk(self.port, "get", targets, 1, 64)
+
     def worker_rss_mib(self) -> list[float]:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         sizes = []
@@ -307,6 +314,7 @@ def load(
             if kind == "app":
                 results["cold start"].append(server.cold_start)
             try:
+                server.warm(targets["hot"])
                 for mode in MODES:
                     file = targets["hot"]
                     if mode == "delete":
@@ -646,6 +654,7 @@ def network(url: str, work: Path, targets: dict[str, Path], options: argparse.Na
                     env = {"BASELINE_POOL_SIZE": threads}
                 server = Server(kind, proxied if via_proxy else url, model, env)
                 try:
+                    server.warm(targets["hot"])
                     for setup in group:
                         for mode in NETWORK_MODES:
                             cpu, proxy_before = server.worker_cpu_seconds(), proxy.cpu_seconds()

@@ -19,6 +19,9 @@ with five changes, each for a promise of API.md or the service's throughput:
   GIL) while the other idled, at half the throughput (benoitc/gunicorn#3433). A busy
   worker stops listening and looks at the queue every ACCEPT_LOOK seconds; a connection
   still waiting at its second look has found no free worker, and it takes it then.
+  Connections opened while only one worker was up still stay with it, so a kept-alive
+  connection is closed (`Connection: close`) after KEEPALIVE_REQUESTS requests, as
+  nginx does: the client reconnects, and lands where there is room.
 - The server's own errors (malformed request line or header, 414, 431, and the 500 of
   a worker aborted on timeout) are problem+json with a request id, like the app's.
 - Its log lines name no URL or query string: only status, what was wrong, request id.
@@ -69,6 +72,9 @@ HEAD_HANDOFF_BYTES = 64 * 1024
 # How often a worker with no free thread looks for connections no other worker took:
 # short beside a request, long beside the microseconds a free worker takes to accept.
 ACCEPT_LOOK = 0.005
+# nginx's default for keepalive_requests: a reconnect per 1000 requests costs nothing
+# measurable, and a busy connection moves within a minute or so.
+KEEPALIVE_REQUESTS = 1000
 # RFC 9110's names where Python's HTTPStatus still has older ones.
 _TITLES = {413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -126,6 +132,7 @@ class Connection(TConn):  # type: ignore[misc]
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.head = b""
+        self.served = 0
         self.reader: _DeadlineReader | None = None
 
     def init(self) -> None:
@@ -264,6 +271,12 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             listener.close()
 
     # --- balance: a busy worker leaves new connections to a free one --------------------
+
+    def handle_request(self, req: Any, conn: Connection) -> bool:
+        conn.served += 1
+        if conn.served >= KEEPALIVE_REQUESTS:
+            req.must_close = True
+        return bool(super().handle_request(req, conn))
 
     def _has_free_thread(self) -> bool:
         running = self.nr_conns - len(self.keepalived_conns) - len(self.pending_conns)

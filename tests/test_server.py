@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy.engine import URL, make_url
 
 from tasks_api import db
-from tasks_api.server import READ_TIMEOUT
+from tasks_api.server import KEEPALIVE_REQUESTS, READ_TIMEOUT
 from tests.support import (
     BACKENDS,
     REQUIRED,
@@ -233,6 +233,19 @@ def trickle(port: int, body: bool, stop: threading.Event, dropped: list[float]) 
                     time.sleep(0.1)
             except OSError:
                 dropped.append(time.monotonic() - started)
+
+
+def test_a_kept_alive_connection_is_closed_after_its_last_request(server: Server) -> None:
+    """So that connections opened while one worker was still starting move over in time."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        for n in range(1, KEEPALIVE_REQUESTS + 1):
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+            reply = read_reply(sock)
+            assert reply.status == 200
+            if n < KEEPALIVE_REQUESTS:
+                assert reply.headers.get("connection", "").lower() != "close", n
+        assert reply.headers["connection"].lower() == "close"
+        assert sock.recv(1) == b""
 
 
 def test_idle_and_trickling_clients_do_not_hold_up_others(server: Server) -> None:
