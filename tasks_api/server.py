@@ -270,7 +270,7 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         for listener in self.sockets:
             listener.close()
 
-    # --- balance: a busy worker leaves new connections to a free one --------------------
+    # --- balance: a busy worker leaves new connections to a free one; connections move ---
 
     def handle_request(self, req: Any, conn: Connection) -> bool:
         conn.served += 1
