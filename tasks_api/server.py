@@ -166,7 +166,6 @@ class Worker(ThreadWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.in_flight: dict[int, _InFlight] = {}
-        self.may_accept = False  # gunicorn's own limit (worker_connections) allows it
         self.next_look = 0.0
         self.waiting: set[socket.socket] = set()  # listeners with a queue at the last look
 
@@ -256,7 +255,6 @@ class Worker(ThreadWorker):  # type: ignore[misc]
 
     def set_accept_enabled(self, enabled: bool) -> None:
         if enabled or self.alive:
-            self.may_accept = enabled
             self._listen(enabled and self._has_free_thread())
             return
         # Stopping. Connections the kernel accepted for us wait in the queue that every
@@ -287,10 +285,11 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             super().set_accept_enabled(enabled)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        if self.alive and self.may_accept:
+        # gunicorn's own limit (worker_connections) first, as its loop applies it.
+        if self.alive and self.nr_conns < self.worker_connections:
             if self._has_free_thread():
                 self._listen(True)
-                self.waiting = set()
+                self.waiting.clear()
             else:
                 self._listen(False)
                 timeout = min(timeout, self._look())
