@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tasks_api import db  # noqa: E402
-from tasks_api.schemas import SORTS  # noqa: E402
+from tasks_api.schemas.tasks import SORTS  # noqa: E402
 
 ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATABASE = "tasks_api_bench"

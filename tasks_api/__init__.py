@@ -14,7 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import auth, cli, db, errors, logs, pages, routes, sync
 from .config import ConfigError, Settings, instance_secret
-from .schemas import ProblemSchema
+from .schemas.fields import ProblemSchema
 
 __version__ = "1.0.0"
 

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from . import db, repository
 from .auth import Authenticator
 from .config import Settings, masked
-from .schemas import USER_ID, USER_ID_RULE
+from .schemas.fields import USER_ID, USER_ID_RULE
 
 # A token is for trying the API by hand; a longer life is a mistake, not a use.
 MAX_TOKEN_LIFETIME = timedelta(days=365)
@@ -163,6 +163,6 @@ def purge_command() -> None:
     """
     url = db.current_engine().url
     with _database_errors(url), db.current_engine().connect() as conn:
-        keys = repository.purge_keys(conn)
-        tombstones = repository.purge_tombstones(conn)
+        keys = repository.keys.purge_keys(conn)
+        tombstones = repository.changes.purge_tombstones(conn)
     click.echo(f"purged {keys} expired idempotency keys and {tombstones} expired tombstones")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import sqlite3
@@ -20,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import UpdateBase
 
+from . import positions
 from .config import Settings, masked, private_folder
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,9 @@ def _sqlite_engine(url: URL, settings: Settings) -> Engine:
         # Wait this long for another gunicorn worker's write lock instead of failing.
         connect_args={"timeout": settings.db_pool_timeout},
         hide_parameters=True,
+        # A write's steps join the one row of its plan without a join condition
+        # (tasks_api/repository/writes.py); SQLAlchemy would warn of a cartesian product.
+        enable_from_linting=False,
     )
 
     @event.listens_for(engine, "connect")
@@ -97,6 +102,8 @@ def _sqlite_engine(url: URL, settings: Settings) -> Engine:
         # WAL lets readers run while another worker writes.
         dbapi_connection.execute("PRAGMA journal_mode=WAL")
         dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+        # PostgreSQL computes manual-order keys in SQL; SQLite calls Python for them.
+        positions.register_sqlite(dbapi_connection)
 
     return engine
 
@@ -142,19 +149,24 @@ def read(query: Callable[[Connection], T]) -> T:
 class Query:
     """A statement built once and run many times, with its parameters by name.
 
-    On PostgreSQL its SQL is compiled once and runs on the pooled psycopg connection
-    itself. SQLAlchemy's per-execution work (cache key, execution context, result
-    objects) cost more than the database did: a GET by id took ~210 us through
-    `Connection.execute` and ~145 us on psycopg, round trip included. Errors are turned
-    back into SQLAlchemy's, lost connections invalidated as SQLAlchemy would, so the rest
-    of the app sees one kind. On SQLite (embedded mode) it runs through SQLAlchemy, whose
-    column types turn the stored text back into UUIDs and aware datetimes.
+    On PostgreSQL its SQL is compiled once, with PostgreSQL's own placeholders ($1,
+    $2, ...), and runs on the pooled psycopg connection itself through a RawCursor,
+    which sends it as it is. SQLAlchemy's per-execution work (cache key, execution
+    context, result objects) cost more than the database did: a GET by id took ~210 us
+    through `Connection.execute` and ~145 us on psycopg, round trip included. And
+    psycopg parses a query for its `%(name)s` placeholders on every execution once it
+    is longer than its cache's 4 KiB, as a write's plan is: 1.1 ms of CPU a write.
+    Errors are turned back into SQLAlchemy's, lost connections invalidated as
+    SQLAlchemy would, so the rest of the app sees one kind. On SQLite (embedded mode) it
+    runs through SQLAlchemy, whose column types turn the stored text back into UUIDs and
+    aware datetimes.
     """
 
     def __init__(self, statement: Select[Any] | UpdateBase) -> None:
         self.statement = statement
         self._sql: str | None = None
         self._constants: dict[str, Any] = {}  # values bound at build time (`version + 1`)
+        self._order: Sequence[str] = ()  # the parameters' names, for $1, $2, ...
         self._names: list[str] | None = None  # of the result's columns
 
     def rows(self, conn: Connection, **params: Any) -> Sequence[Mapping[str, Any]]:
@@ -173,30 +185,76 @@ class Query:
         with self._cursor(conn, params) as cursor:
             return cursor.rowcount
 
-    def _cursor(self, conn: Connection, params: dict[str, Any]) -> psycopg.Cursor[dict[str, Any]]:
+    def _compiled(self, conn: Connection) -> str:
         if self._sql is None:
-            compiled = self.statement.compile(dialect=conn.dialect)
+            dialect = copy.copy(conn.dialect)
+            dialect.paramstyle, dialect.positional = "numeric_dollar", True
+            compiled = self.statement.compile(dialect=dialect)
             self._constants = {
                 compiled.bind_names[bind]: bind.value
                 for bind in compiled.binds.values()
                 if not bind.required
             }
+            self._order = list(compiled.positiontup or ())
             self._sql = str(compiled)
-        driver: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
-        cursor = driver.cursor(row_factory=self._dict_rows)
+        return self._sql
+
+    def _values(self, params: Mapping[str, Any]) -> list[Any]:
+        given = {**self._constants, **params}
+        return [given[name] for name in self._order]
+
+    def _cursor(
+        self, conn: Connection, params: dict[str, Any]
+    ) -> psycopg.RawCursor[dict[str, Any]]:
+        sql = self._compiled(conn)
+        cursor = psycopg.RawCursor(_driver(conn), row_factory=self._dict_rows)
         try:
-            cursor.execute(self._sql, {**self._constants, **params})
+            cursor.execute(sql, self._values(params))
         except psycopg.Error as error:
             cursor.close()
-            raise _translated(conn, error, self._sql) from error
+            raise _translated(conn, error, sql) from error
         return cursor
 
-    def _dict_rows(self, cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    def _dict_rows(self, cursor: Any) -> Callable[[Sequence[Any]], dict[str, Any]]:
         # psycopg's dict_row, but naming the columns once rather than on every execution.
         names = self._names
         if names is None:
             names = self._names = [column.name for column in cursor.description or ()]
         return lambda values: dict(zip(names, values, strict=True))
+
+
+def _driver(conn: Connection) -> psycopg.Connection[Any]:
+    driver: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
+    return driver
+
+
+def pipeline(
+    conn: Connection, statements: Sequence[tuple[Query, Mapping[str, Any]]], *, answer: int
+) -> Sequence[Mapping[str, Any]]:
+    """PostgreSQL: run `statements` in one round trip and one transaction; return the
+    rows of the one at index `answer`.
+
+    They go out in psycopg's pipeline mode with a single Sync after the last, so the
+    server runs them as one implicit transaction (on an autocommit connection, as here)
+    and answers them all at once; an error in one rolls back all. READ COMMITTED takes a
+    snapshot per statement: each one's is taken after the one before has finished, so it
+    sees every row committed while that one waited for a lock.
+    """
+    driver = _driver(conn)
+    cursors: list[psycopg.RawCursor[Any]] = []
+    try:
+        with driver.pipeline():
+            for index, (query, params) in enumerate(statements):
+                sql = query._compiled(conn)
+                factory = query._dict_rows if index == answer else None
+                cursors.append(cursor := psycopg.RawCursor(driver, row_factory=factory))  # type: ignore[arg-type]
+                cursor.execute(sql, query._values(params))
+        return cursors[answer].fetchall()
+    except psycopg.Error as error:
+        raise _translated(conn, error, statements[answer][0]._compiled(conn)) from error
+    finally:
+        for cursor in cursors:
+            cursor.close()
 
 
 def _translated(conn: Connection, error: psycopg.Error, sql: str) -> DBAPIError:

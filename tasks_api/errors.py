@@ -29,7 +29,7 @@ from werkzeug.exceptions import (
 
 from . import db
 from .logs import request_id
-from .schemas import ProblemSchema
+from .schemas.fields import ProblemSchema
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,11 @@ def conflict(detail: str, *, retry_after: int) -> NoReturn:
     raise exc
 
 
-def precondition_failed(current_etag: str | None) -> NoReturn:
+def precondition_failed(resource: str, current_etag: str) -> NoReturn:
     exc = PreconditionFailed(
-        "The task has changed since the If-Match version (or does not exist); "
-        "read it again and retry."
+        f"The {resource} has changed since the If-Match version; read it again and retry."
     )
-    if current_etag is not None:
-        exc.data = {"headers": {"ETag": current_etag}}  # type: ignore[attr-defined]
+    exc.data = {"headers": {"ETag": current_etag}}  # type: ignore[attr-defined]
     raise exc
 
 
@@ -87,8 +85,48 @@ def gone(detail: str) -> NoReturn:
     raise Gone(detail)
 
 
-def task_not_found() -> NoReturn:
-    raise NotFound("No task with this id belongs to this user.")
+def not_found(resource: str) -> NoReturn:
+    raise NotFound(f"No {resource} with this id belongs to this user.")
+
+
+# Why a write about a task's or list's place, or a create, did not happen, by the
+# verdict its plan gave (tasks_api/repository): the field to name and what to say.
+_PLACE_PROBLEMS = {
+    "list_missing": ("list_id", "No list with this id belongs to this user."),
+    "parent_missing": ("parent_id", "No task with this id belongs to this user."),
+    "parent_self": ("parent_id", "A task cannot be its own parent."),
+    "parent_nested": (
+        "parent_id",
+        "That task is a subtask, and subtasks have none of their own: choose a top-level task.",
+    ),
+    "has_subtasks": ("parent_id", "This task has subtasks, so it cannot become one."),
+    "list_mismatch": (
+        "list_id",
+        "A subtask is in its parent's list: leave list_id out, or send the parent's.",
+    ),
+}
+_LIMITS = {
+    "task_limit": "This user has 100,000 tasks, the most one user may have; delete some first.",
+    "list_limit": "This user has 1,000 lists, the most one user may have; delete some first.",
+    "subtask_limit": "That task has 200 subtasks, the most one task may have.",
+}
+
+
+def refused(verdict: str, resource: str) -> NoReturn:
+    """422 for a place that does not exist or breaks the subtask rules, 409 past a
+    limit (naming it, and without Retry-After: retrying will not help)."""
+    if verdict in _LIMITS:
+        raise Conflict(_LIMITS[verdict])
+    if verdict in ("after_invalid", "before_invalid"):
+        field = verdict.removesuffix("_invalid")
+        where = (
+            "the task's siblings at its destination"
+            if resource == "task"
+            else "the user's other lists"
+        )
+        validation_failed({field: [f"Not one of {where}."]})
+    field, message = _PLACE_PROBLEMS[verdict]
+    validation_failed({field: [message]})
 
 
 def validation_failed(errors: Mapping[str, list[str]]) -> NoReturn:
@@ -173,13 +211,15 @@ RESPONSES = {
     400: ("BadRequest", "The body is not valid JSON, or not a JSON object."),
     401: ("Unauthorized", "No bearer token, or one that is expired, badly signed or malformed."),
     403: ("Forbidden", "The bearer token is valid but for another user."),
-    404: ("NotFound", "No such task for this user (or a malformed task id)."),
+    404: ("NotFound", "No such task or list for this user (or a malformed id)."),
     409: (
         "Conflict",
-        "A request with this Idempotency-Key is still in flight; retry after `Retry-After`.",
+        "A limit would be passed (100,000 tasks or 1,000 lists per user, 200 subtasks per "
+        "task; the detail says which), or a request with this Idempotency-Key is still in "
+        "flight (then with `Retry-After`).",
     ),
     410: ("Gone", "The sync token is older than 30 days: sync again without `since`."),
-    412: ("PreconditionFailed", "If-Match names a version the task no longer has."),
+    412: ("PreconditionFailed", "If-Match names a version the task or list no longer has."),
     413: ("PayloadTooLarge", "The body is larger than 64 KiB."),
     414: (
         "URITooLong",

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    Computed,
     Date,
     DateTime,
     Dialect,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
     String,
+    Table,
     Text,
+    UniqueConstraint,
     func,
     literal_column,
     text,
@@ -35,8 +39,13 @@ STATUSES = ("todo", "in_progress", "done")
 PRIORITIES = ("low", "medium", "high", "urgent")
 TITLE_MAX = 500
 DESCRIPTION_MAX = 8000
+LIST_TITLE_MAX = 200
 # A list of strings: text[] on PostgreSQL (GIN-indexable), JSON text on SQLite.
 StringList = ARRAY(Text()).with_variant(JSON(), "sqlite")
+# A manual-order key (tasks_api/positions.py). Its order is code-point order, which is
+# PostgreSQL's "C" collation (a language's collation could order digits otherwise) and
+# SQLite's default.
+PositionKey = String(64).with_variant(String(64, collation="C"), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -73,6 +82,12 @@ class day_number(FunctionElement[int]):
 
     type = Integer()
     inherit_cache = True
+
+
+@compiles(day_number)
+def _day_number_shown(element: day_number, compiler: SQLCompiler, **kw: Any) -> str:
+    """How str() shows it (statements run on PostgreSQL or SQLite)."""
+    return f"day_number({compiler.process(element.clauses, **kw)})"
 
 
 @compiles(day_number, "postgresql")
@@ -132,6 +147,18 @@ class Task(Base):
     # As sent (trimmed, de-duplicated), and case-folded for the `tag` filter.
     tags: Mapped[list[str]] = mapped_column(StringList)
     tag_keys: Mapped[list[str]] = mapped_column(StringList)
+    # Where the task sits: its list (None: the inbox), its parent (None: top-level) and
+    # its place among its siblings, the tasks of the same list and parent.
+    list_id: Mapped[uuid.UUID | None]
+    parent_id: Mapped[uuid.UUID | None]
+    position: Mapped[str] = mapped_column(PositionKey)
+    # The id again while the task is top-level, NULL once it is a subtask: the key a
+    # subtask's parent_id refers to, so that on PostgreSQL the database itself refuses a
+    # second level (a subtask as a parent, or a parent made a subtask), whichever
+    # request comes first.
+    top_level_id: Mapped[uuid.UUID | None] = mapped_column(
+        Computed("CASE WHEN parent_id IS NULL THEN id END", persisted=True)
+    )
     completed_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -142,7 +169,33 @@ class Task(Base):
 
     __table_args__ = (
         PrimaryKeyConstraint("user_id", "id"),
+        UniqueConstraint("user_id", "top_level_id").ddl_if(dialect="postgresql"),
+        ForeignKeyConstraint(
+            ["user_id", "parent_id"],
+            ["tasks.user_id", "tasks.top_level_id"],
+            name="fk_tasks_user_id_parent_id_tasks",
+        ).ddl_if(dialect="postgresql"),
         Index("ix_tasks_user_id_change_position", "user_id", "change_position"),
+        # The manual order, one group of siblings a range: a list's (or the inbox's)
+        # top-level tasks, and a task's subtasks. Each task is in exactly one of the two.
+        Index(
+            "ix_tasks_user_id_list_id_position",
+            "user_id",
+            "list_id",
+            "position",
+            "id",
+            postgresql_where=text("parent_id IS NULL"),
+            sqlite_where=text("parent_id IS NULL"),
+        ),
+        Index(
+            "ix_tasks_user_id_parent_id_position",
+            "user_id",
+            "parent_id",
+            "position",
+            "id",
+            postgresql_where=text("parent_id IS NOT NULL"),
+            sqlite_where=text("parent_id IS NOT NULL"),
+        ),
         # One per list sort, so a page of one user's tasks is an index range scan in
         # either direction, however many tasks the user has and however deep the page.
         Index("ix_tasks_user_id_created_at_id", "user_id", "created_at", "id"),
@@ -180,16 +233,22 @@ EXPRESSION_INDEXES = frozenset(
         "ix_tasks_user_id_priority_desc",
     }
 )
+# What exists on PostgreSQL only (ddl_if above): SQLite, with one writer at a time,
+# needs neither the GIN index nor the foreign key's machinery.
+POSTGRESQL_ONLY = frozenset(
+    {"ix_tasks_tag_keys", "uq_tasks_user_id_top_level_id", "fk_tasks_user_id_parent_id_tasks"}
+)
 
 
 def compared_by_autogenerate(obj: Any, name: str | None, type_: str, *_: Any, dialect: str) -> bool:
     """Alembic's `include_object`: leave out what autogenerate would misreport."""
-    skipped = EXPRESSION_INDEXES | ({"ix_tasks_tag_keys"} if dialect == "sqlite" else set())
-    return not (type_ == "index" and name in skipped)
+    if type_ == "index" and name in EXPRESSION_INDEXES:
+        return False
+    return not (dialect == "sqlite" and name in POSTGRESQL_ONLY)
 
 
 class IdempotencyKey(Base):
-    """A create made with an Idempotency-Key: claimed first, then its response kept.
+    """A create made with an Idempotency-Key: claimed first, then what it created kept.
 
     `status` is NULL while the first request is in flight. Keys live 24 hours.
     """
@@ -201,25 +260,66 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
     status: Mapped[int | None]
+    # The created task's id, or the created list's.
     task_id: Mapped[uuid.UUID | None]
-    # The response body exactly as first sent.
+    # What was created, "task" or "list", and its row as the database wrote it (JSON): a
+    # replay renders it as the first response did. NULL for a record made before lists
+    # existed, whose `response` is the response body itself.
+    resource: Mapped[str | None] = mapped_column(String(4))
     response: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
 
 
 class SyncPosition(Base):
-    """Each user's change counter: every write of the user's tasks advances it by one in
-    the write's own statement, and stamps the task (or its tombstone) with the new value.
+    """The user's row, which every write of the user's data locks before anything else
+    (tasks_api/repository/writes.py), so one user's writes happen one at a time.
 
-    The row lock the advance takes is held to the write's commit, so one user's writes
-    commit in the order of their positions (tasks_api/sync.py says why that matters).
+    `position` is the user's change counter: each task or list a write changes (or
+    deletes) is stamped with a number of its own above it, and the counter moves past
+    them. Held to the commit, the lock makes one user's writes commit in the order of
+    their positions (tasks_api/sync.py says why that matters). `tasks` and `lists` are the
+    counts the per-user limits need, kept exact by the writes that change them.
     """
 
     __tablename__ = "sync_positions"
 
     user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     position: Mapped[int] = mapped_column(BigInteger)
+    tasks: Mapped[int] = mapped_column(server_default="0")
+    lists: Mapped[int] = mapped_column(server_default="0")
+
+    __table_args__ = (
+        CheckConstraint("tasks >= 0", name="tasks_not_negative"),
+        CheckConstraint("lists >= 0", name="lists_not_negative"),
+    )
+
+
+class TaskList(Base):
+    """A list of tasks (a project, a sidebar entry). The inbox is not one: it is the
+    tasks whose list_id is NULL."""
+
+    __tablename__ = "lists"
+
+    id: Mapped[uuid.UUID]
+    user_id: Mapped[str] = mapped_column(String(128))
+    title: Mapped[str] = mapped_column(String(LIST_TITLE_MAX))
+    position: Mapped[str] = mapped_column(PositionKey)
+    # How many of its tasks are not done, kept by every write that changes a task's list
+    # or status: reading the lists costs the same however many tasks they hold.
+    open_tasks: Mapped[int]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    version: Mapped[int]
+    change_position: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        PrimaryKeyConstraint("user_id", "id"),
+        Index("ix_lists_user_id_position_id", "user_id", "position", "id"),
+        Index("ix_lists_user_id_change_position", "user_id", "change_position"),
+        CheckConstraint("open_tasks >= 0", name="open_tasks_not_negative"),
+        CheckConstraint("version >= 1", name="version_positive"),
+    )
 
 
 class Tombstone(Base):
@@ -239,3 +339,26 @@ class Tombstone(Base):
     __table_args__ = (
         Index("ix_task_tombstones_deleted_at", "deleted_at", postgresql_using="brin"),
     )
+
+
+class ListTombstone(Base):
+    """A deleted list, remembered for the sync feed as a task's tombstone is."""
+
+    __tablename__ = "list_tombstones"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    id: Mapped[uuid.UUID]
+    deleted_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("ix_list_tombstones_deleted_at", "deleted_at", postgresql_using="brin"),
+    )
+
+
+TASKS = cast(Table, Task.__table__)
+LISTS = cast(Table, TaskList.__table__)
+POSITIONS = cast(Table, SyncPosition.__table__)
+TOMBSTONES = cast(Table, Tombstone.__table__)
+LIST_TOMBSTONES = cast(Table, ListTombstone.__table__)
+KEYS = cast(Table, IdempotencyKey.__table__)

@@ -1,4 +1,5 @@
-"""List pages: signed cursors that say where the next page starts, and its `Link`.
+"""Pages of tasks and of lists: signed cursors that say where the next page starts, and
+its `Link`.
 
 A cursor carries the last row's sort key and id, signed with SECRET_KEY (so any
 instance can read it and nobody can forge one) and bound to the user, sort and filters
@@ -26,6 +27,10 @@ _TIME_SORTS = ("-created_at", "created_at", "-updated_at", "updated_at")
 _TIE_SORTS = ("due_date", "-due_date", "priority", "-priority")
 # Everything the cursor is bound to; `limit` may change between pages.
 _SCOPE = ("sort", "completed", "status", "priority", "tag", "due_before", "due_after", "q")
+# Filters added since: in the scope only when given, so earlier cursors stay valid.
+_PLACE = ("list", "parent")
+# Pages of lists are in their manual order; a cursor says which resource it pages.
+LISTS = {"sort": "position", "resource": "lists"}
 
 
 def start_after(user_id: str, args: Mapping[str, Any]) -> tuple[Any, ...] | None:
@@ -71,18 +76,24 @@ def next_link(user_id: str, args: Mapping[str, Any], page: Sequence[Mapping[str,
             last["id"].hex,
         ]
     )
-    params = {name: args[name] for name in (*_SCOPE, "limit") if args.get(name) is not None}
+    names = (*_SCOPE, *_PLACE, "limit")
+    params = {name: args[name] for name in names if args.get(name) is not None}
+    if args.get("resource") == "lists":
+        del params["sort"]  # a list page's order is its own
     if "completed" in params:
         params["completed"] = "true" if params["completed"] else "false"
     for name in ("status", "priority"):  # comma-separated, as they came
         if name in params:
             params[name] = ",".join(params[name])
-    url = url_for(".Tasks", user_id=user_id, cursor=cursor, _external=True, **params)
+    endpoint = "lists.Lists" if args.get("resource") == "lists" else "tasks.Tasks"
+    url = url_for(endpoint, user_id=user_id, cursor=cursor, _external=True, **params)
     return f'<{url}>; rel="next"'
 
 
 def _scope(user_id: str, args: Mapping[str, Any]) -> str:
-    scope = json.dumps([user_id, *(args.get(name) for name in _SCOPE)], default=str)
+    values = [user_id, *(args.get(name) for name in _SCOPE)]
+    values += [f"{name}={args[name]}" for name in (*_PLACE, "resource") if args.get(name)]
+    scope = json.dumps(values, default=str)
     return hashlib.sha256(scope.encode()).hexdigest()[:16]
 
 

@@ -1,34 +1,34 @@
-"""Sync tokens: where a client's copy of the tasks stands in the user's change feed.
+"""Sync tokens: where a client's copy of the tasks and lists stands in the user's feed.
 
 The design, and why it never skips a change:
 
-- Every user has a change counter (`sync_positions`). Every write of the user's tasks
-  (create, update, toggle, set, delete, the keyed create) advances it in the write's own
-  statement, on PostgreSQL a data-modifying CTE (`INSERT ... ON CONFLICT DO UPDATE ...
-  RETURNING`), and stamps the row it writes with the new value: a task's
-  `change_position`, or the tombstone a delete leaves in the same statement. A write
-  that changes nothing keeps its position, as it keeps its version (the counter still
-  moves, leaving a gap, which costs nothing).
-- The counter's row lock is held until the write commits, so the next write of the same
-  user waits for that commit before taking the next position: one user's writes commit
-  in the order of their positions. A reader's statement sees one snapshot; if it sees
-  the counter at H, the writer of H has committed, and so has every writer of a lower
+- Every user has a change counter (`sync_positions.position`). Every write of the user's
+  tasks or lists first locks the user's row, holding the lock to its commit
+  (tasks_api/repository/writes.py), then stamps each row it changes with a number of its
+  own above the counter (a task's or list's `change_position`, or the tombstone it leaves
+  for each row it deletes) and moves the counter past them. A write of many rows (a list
+  deleted with its tasks, a parent completed with its subtasks, a respacing) takes as
+  many numbers; a write that changes nothing takes none.
+- The lock is held until the write commits, so the next write of the same user waits
+  for that commit before it reads the counter: one user's writes commit in the order of
+  their positions. A reader's statement sees one snapshot; if it sees the counter at H,
+  the writer that moved it to H has committed, and so has every writer of a lower
   position, so every row stamped H or lower is in that snapshot, in its latest state.
   Nothing can later appear below H. That is what a sequence or a timestamp cannot give:
   two writers take 10 and 11, 11 commits first, and a reader that passes 11 while 10 is
   still running skips 10 forever (tests/test_sync_race.py shows it with `updated_at`).
-- The counter is advanced before the task row is locked (the write joins the CTE's row),
-  in the same order by every write, so two writes of one user cannot deadlock. Writes of
-  different users never touch the same counter. SQLite has one writer at a time (BEGIN
-  IMMEDIATE around the advance and the write), so it is exact by construction.
-- A page of changes is one statement: the tasks after position P (index
-  `(user_id, change_position)`) and the tombstones after it (key `(user_id, position)`),
-  each a range scan cut at `limit`, merged by position, joined to the counter's row so
-  the answer also says how far it read (H). An empty sync costs the same for 20 tasks as
-  for 100,000. Since every position is unique, an entry is never sent twice.
+- Writes of different users never touch the same counter, and within a user the lock is
+  always taken first, so two writes cannot deadlock. SQLite has one writer at a time
+  (BEGIN IMMEDIATE around the write), so it is exact by construction.
+- A page of changes is one statement: the tasks and lists after position P (indexes
+  `(user_id, change_position)`) and the tombstones of each after it (keys
+  `(user_id, position)`), each a range scan cut at `limit`, merged by position, joined to
+  the counter's row so the answer also says how far it read (H). An empty sync costs the
+  same for 20 tasks as for 100,000. Since every position is unique, an entry is never
+  sent twice.
 
 A token carries the position P the client has applied, the tombstone floor F (a first
-sync reads tasks only, so the ids deleted before it began are not its business), the
+sync reads rows only, so the ids deleted before it began are not its business), the
 time T since which the client has been complete, and the user it is for, signed with
 SECRET_KEY. A complete answer moves P to H and T to the time the read began; a page
 with more after it moves P to its last entry and keeps T. Tombstones are purged 30 days
@@ -46,7 +46,7 @@ from flask import current_app
 from itsdangerous import BadData, URLSafeSerializer
 
 from . import errors
-from .repository import NO_TOMBSTONES, TOMBSTONE_RETENTION, ChangesPage
+from .repository.changes import NO_TOMBSTONES, TOMBSTONE_RETENTION, ChangesPage
 
 _SALT = "tasks_api.sync-token"
 _VERSION = 1
@@ -98,7 +98,7 @@ def following(since: Since, page: ChangesPage, *, more: bool, read_at: int) -> S
     """
     floor = page.horizon if since.floor == NO_TOMBSTONES else since.floor
     if more:
-        last = max(row["position"] for row in (*page.changed, *page.deleted))
+        last = max(row["at"] for row in page.entries)
         return Since(position=last, floor=floor, complete_at=since.complete_at)
     return Since(position=page.horizon, floor=page.horizon, complete_at=read_at)
 

@@ -1,6 +1,7 @@
 """Ready for more than one database: every table is keyed by user first, and every
-statement the repository can run names one user, so the schema can be distributed by
-user_id (docs/distributed.md) and each request stays on one shard."""
+statement the repository can run names one user everywhere it reads or writes a table,
+so the schema can be distributed by user_id (docs/distributed.md) and each request stays
+on one shard."""
 
 from __future__ import annotations
 
@@ -9,94 +10,195 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Column, Insert
+from sqlalchemy import Column, Insert, Table, bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import operators
+from sqlalchemy.sql.dml import Delete, Update
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
-from sqlalchemy.sql.selectable import CTE
+from sqlalchemy.sql.selectable import Alias, Join, Select
 
-from tasks_api import repository
 from tasks_api.db import Query
-from tasks_api.models import Base
+from tasks_api.models import TASKS, Base
+from tasks_api.repository import changes, keys, lists, tasks, writes
+from tasks_api.repository.tasks import Place
 
 DIALECTS = {
     "postgresql": postgresql.psycopg.dialect(),  # type: ignore[no-untyped-call]
     "sqlite": sqlite.dialect(),
 }
+MODULES = (tasks, lists, keys, changes, writes)
 # The statement factories below enumerate; a new one must be added here to be checked.
-FACTORIES = {"list_query", "_update_query", "_toggle_query", "_delete_query", "_claim_query"}
+FACTORIES = {
+    "tasks.list_query",
+    "tasks._create",
+    "tasks._change",
+    "tasks._delete",
+    "lists._change",
+    "lists._delete",
+    "keys._claim_query",
+    "keys._record",
+}
 # Deleting the expired idempotency keys and tombstones of every user at once is
 # maintenance, run by the `flask purge` command on a schedule, never on a request path. On
 # a distributed database it runs on every shard in parallel, which is what it should do.
-MAINTENANCE = {"_PURGE", "_PURGE_TOMBSTONES"}
-# Statements built for one database only (the others run on both).
-ONLY = {
-    "_INSERT": "postgresql",
-    "_CREATE_FOR_KEY": "postgresql",
-    "_INSERT_SQLITE": "sqlite",
-    "_ADVANCE_SQLITE": "sqlite",
-}
-WRITE_FIELDS = ("title", "description", "status", "completed", "priority", "due_date", "tags")
+MAINTENANCE = {"keys._PURGE", "changes._PURGES"}
+USER_TABLES = {table.name for table in Base.metadata.tables.values()}
+WRITE_FIELDS = ("title", "description", "status", "priority", "due_date", "tags")
+ORDERS: tuple[tasks.Order, ...] = ("keep", "last", "first", "after", "before")
 
 
-def statements() -> Iterator[tuple[str, Query, list[str]]]:
+def statements() -> Iterator[tuple[str, Any, list[str]]]:
     """(name, statement, dialects it runs on) for every statement the repository runs."""
     both = list(DIALECTS)
-    for name, value in vars(repository).items():
-        if isinstance(value, Query) and name not in MAINTENANCE:
-            yield name, value, [ONLY[name]] if name in ONLY else both
-    versions = (None, 0, 1, 3)
+    for module in MODULES:
+        short = module.__name__.rsplit(".", 1)[1]
+        for name, value in vars(module).items():
+            qualified = f"{short}.{name}"
+            if qualified in MAINTENANCE:
+                continue
+            values = value.items() if isinstance(value, dict) else [(None, value)]
+            for key, item in values:
+                dialects = [key] if key in DIALECTS else both
+                if isinstance(item, Query):
+                    yield qualified, item.statement, dialects
+                elif isinstance(item, writes.Write):
+                    yield from written(qualified, item)
     for dialect in both:
-        for sort in repository.SORT_KEYS:
+        for sort in tasks.SORT_KEYS:
             for flags in itertools.product((False, True), repeat=6):
-                variant = repository.ListVariant(*flags)
+                variant = tasks.ListVariant(*flags)  # type: ignore[arg-type]
                 yield (
-                    f"list {dialect} {sort} {variant}",
-                    repository.list_query(dialect, sort, variant),
+                    f"list {sort} {variant}",
+                    tasks.list_query(dialect, sort, variant).statement,
                     [dialect],
                 )
-        yield f"claim {dialect}", repository._claim_query(dialect), [dialect]
-    for size in range(1, len(WRITE_FIELDS) + 1):
+            for in_list, under in itertools.product((None, "inbox", "id"), (None, "none", "id")):
+                variant = tasks.ListVariant(after=True, in_list=in_list, under=under)  # type: ignore[arg-type]
+                query = tasks.list_query(dialect, sort, variant)
+                yield f"list {sort} {variant}", query.statement, [dialect]
+        yield f"claim {dialect}", keys._claim_query(dialect).statement, [dialect]
+        for resource in keys.RESOURCES:
+            yield f"record {resource}", keys._record(dialect, resource).statement, [dialect]
+    places = [
+        Place(list_given, parent_given, order)
+        for list_given, parent_given, order in itertools.product(
+            (False, True), (False, True), ORDERS
+        )
+    ]
+    for place in places:
+        if place.order == "keep":
+            yield from written(f"create {place}", tasks._create(place))
+        yield from written(f"move {place}", tasks._change((), False, None, place))
+    for if_match in (0, 3):  # If-Match adds a condition on the task's version, no table
+        yield from written(f"move {if_match}", tasks._change((), False, if_match, places[-1]))
+    for size in (1, 2, len(WRITE_FIELDS)):
         for fields in itertools.combinations(WRITE_FIELDS, size):
-            # As update_task completes them: status sets completed, tags their keys.
             names = {*fields, *(["completed"] if "status" in fields else [])}
-            names |= {"tag_keys"} if "tags" in fields else set()
-            for if_match, dialect in itertools.product(versions, both):
-                query = repository._update_query(dialect, tuple(sorted(names)), if_match)
-                yield f"update {dialect} {sorted(names)} {if_match}", query, [dialect]
-    for if_match, dialect in itertools.product(versions, both):
-        toggle = repository._toggle_query(dialect, if_match)
-        yield f"toggle {dialect} {if_match}", toggle, [dialect]
-        yield f"delete {dialect} {if_match}", repository._delete_query(dialect, if_match), [dialect]
+            change = tasks._change(tuple(sorted(names)), False, None, Place())
+            yield from written(f"update {sorted(names)}", change)
+    for if_match in (None, 0, 3):  # type: ignore[assignment]
+        yield from written(f"toggle {if_match}", tasks._change((), True, if_match, Place()))
+        yield from written(f"delete task {if_match}", tasks._delete(if_match))
+        yield from written(f"delete list {if_match}", lists._delete(if_match))
+        for order in (None, "last", "first", "after", "before"):
+            yield from written(f"list {order} {if_match}", lists._change(if_match, order))
 
 
-def names_one_user(statement: Any) -> bool:
-    """The statement's WHERE requires `user_id = <parameter>`, or it inserts a row whose
-    user_id is a parameter, or inserts the rows of a statement (a CTE) that does."""
-    if isinstance(statement, Insert):
-        if statement.select is None:
-            values: dict[Any, Any] = dict(statement._values or {})
-            return isinstance(values.get("user_id"), BindParameter)
-        froms = statement.select.get_final_froms()
-        if froms:
-            return all(isinstance(f, CTE) and names_one_user(f.element) for f in froms)
-        return isinstance(statement.select.selected_columns[0], BindParameter)
-    where = statement.whereclause
-    if where is None:
-        return False
-    conjuncts = (
-        where.clauses
-        if isinstance(where, BooleanClauseList) and where.operator is operators.and_
-        else [where]
-    )
+def written(name: str, write: writes.Write) -> Iterator[tuple[str, Any, list[str]]]:
+    """A write as PostgreSQL runs it (one statement) and as SQLite does (its plan, then
+    each step)."""
+    yield f"{name} (postgresql)", write._statement[0].statement, ["postgresql"]
+    yield f"{name} plan", write.plan, ["sqlite"]
+    for step, query in write._sqlite_steps:
+        yield f"{name} {step}", query.statement, ["sqlite"]
+
+
+def conjuncts(clause: Any) -> list[Any]:
+    if clause is None:
+        return []
+    if isinstance(clause, BooleanClauseList) and clause.operator is operators.and_:
+        return [c for part in clause.clauses for c in conjuncts(part)]
+    return [clause]
+
+
+def tables_and_conditions(froms: Any) -> tuple[list[Any], list[Any]]:
+    """The tables (or their aliases) in a FROM list, joins opened, and the join conditions."""
+    found: list[Any] = []
+    conditions: list[Any] = []
+    for item in froms:
+        if isinstance(item, Join):
+            inner, more = tables_and_conditions([item.left, item.right])
+            found += inner
+            conditions += more + conjuncts(item.onclause)
+        elif isinstance(item, Table) or (
+            isinstance(item, Alias) and isinstance(item.element, Table)
+        ):
+            found.append(item)
+    return found, conditions
+
+
+def names_user(table: Any, conditions: list[Any]) -> bool:
+    """Some condition says `table.user_id = <parameter>`."""
     return any(
-        isinstance(clause, BinaryExpression)
-        and clause.operator is operators.eq
-        and isinstance(clause.left, Column)
-        and clause.left.name == "user_id"
-        and isinstance(clause.right, BindParameter)
-        for clause in conjuncts
+        isinstance(c, BinaryExpression)
+        and c.operator is operators.eq
+        and isinstance(c.left, Column)
+        and c.left.table is table
+        and c.left.name == "user_id"
+        and isinstance(c.right, BindParameter)
+        for c in conditions
     )
+
+
+def unnamed(statement: Any) -> list[str]:
+    """Every place in `statement` that reads or writes a user table without naming one
+    user there; empty when there is none.
+
+    A subquery may read a row of its enclosing query (a correlated reference): that
+    table is named, or not, where the enclosing query reads it.
+    """
+    problems: list[str] = []
+    seen: set[tuple[int, frozenset[int]]] = set()
+
+    def walk(element: Any, outer: frozenset[int]) -> None:
+        if (id(element), outer) in seen:
+            return
+        seen.add((id(element), outer))
+        if isinstance(element, Select):
+            found, joined = tables_and_conditions(element.get_final_froms())
+            conditions = conjuncts(element.whereclause) + joined
+            problems.extend(
+                f"SELECT from {table.name}"
+                for table in found
+                if id(table) not in outer
+                and _name(table) in USER_TABLES
+                and not names_user(table, conditions)
+            )
+            outer = outer | {id(table) for table in found}
+        elif isinstance(element, Update | Delete):
+            if not names_user(element.table, conjuncts(element.whereclause)):
+                problems.append(f"{type(element).__name__} of {_name(element.table)}")
+        elif isinstance(element, Insert):
+            if element.select is None:
+                value = dict(element._values or {}).get("user_id")
+                if not isinstance(value, BindParameter):
+                    problems.append(f"INSERT into {_name(element.table)}")
+            else:
+                names = [getattr(c, "name", c) for c in element._select_names or ()]
+                column = element.select.selected_columns[names.index("user_id")]
+                if not isinstance(column, BindParameter | Column):
+                    problems.append(f"INSERT into {_name(element.table)}: user_id elsewhere")
+        for child in element.get_children():
+            walk(child, outer)
+
+    walk(statement, frozenset())
+    return problems
+
+
+def _name(table: Any) -> str:
+    """The name of the table a FROM item reads (an alias's table's)."""
+    named: Any = table.element if isinstance(table, Alias) else table
+    return str(named.name)
 
 
 def test_every_table_is_keyed_by_user_first() -> None:
@@ -105,31 +207,54 @@ def test_every_table_is_keyed_by_user_first() -> None:
 
 
 def test_the_factories_checked_are_all_there_are() -> None:
-    cached = type(functools.cache(lambda: None))
-    found = {name for name, value in vars(repository).items() if isinstance(value, cached)}
+    cached = (type(functools.cache(lambda: None)),)
+    found = {
+        f"{module.__name__.rsplit('.', 1)[1]}.{name}"
+        for module in MODULES
+        for name, value in vars(module).items()
+        if isinstance(value, cached)
+    }
     assert found == FACTORIES
 
 
-def test_every_statement_names_one_user() -> None:
+def test_every_statement_names_one_user_everywhere() -> None:
     checked = 0
-    for name, query, dialects in statements():
-        for dialect in dialects:
-            query.statement.compile(dialect=DIALECTS[dialect])  # it builds, on its database
-        assert names_one_user(query.statement), name
+    for name, statement, _ in statements():
+        problems = unnamed(statement)
+        assert problems == [], name
         checked += 1
-    assert checked > 1000
+    assert checked > 2000
+
+
+def test_every_kind_of_statement_builds_on_its_database() -> None:
+    # One of each kind (the variants of a kind differ by clauses the check above reads).
+    kinds: dict[tuple[str, str], Any] = {}
+    for name, statement, dialects in statements():
+        for dialect in dialects:
+            kinds.setdefault((name.split()[0], dialect), statement)
+    for (_, dialect), statement in kinds.items():
+        statement.compile(dialect=DIALECTS[dialect])
 
 
 def test_the_purge_is_the_one_exception_and_says_so() -> None:
-    for name in MAINTENANCE:
-        assert not names_one_user(getattr(repository, name).statement)
+    assert unnamed(keys._PURGE.statement)
+    for purge in changes._PURGES:
+        assert unnamed(purge.statement)
 
 
 def test_the_check_catches_a_statement_that_names_no_user() -> None:
-    from sqlalchemy import bindparam, delete, select
-
-    tasks = repository.TASKS
-    assert not names_one_user(select(tasks).where(tasks.c.id == bindparam("task_id")))
-    assert not names_one_user(select(tasks).where(tasks.c.user_id != bindparam("owner")))
-    assert not names_one_user(delete(tasks))
-    assert names_one_user(select(tasks).where(tasks.c.user_id == bindparam("owner")))
+    owner: Any = bindparam("owner")
+    assert unnamed(select(TASKS).where(TASKS.c.id == bindparam("task_id")))
+    assert unnamed(select(TASKS).where(TASKS.c.user_id != owner))
+    assert unnamed(delete(TASKS))
+    assert unnamed(select(TASKS).where(TASKS.c.user_id == owner)) == []
+    # Deep: a subquery that reads another user's rows, inside a statement that names one.
+    anyone = TASKS.alias("anyone")
+    inner = select(anyone.c.id).where(anyone.c.title == "x").scalar_subquery()
+    assert unnamed(select(TASKS).where(TASKS.c.user_id == owner, TASKS.c.id == inner)) == [
+        "SELECT from anyone"
+    ]
+    # A join whose other side names no user.
+    other = TASKS.alias("other")
+    joined: Any = select(TASKS).select_from(TASKS.join(other, other.c.id == TASKS.c.id))
+    assert unnamed(joined.where(TASKS.c.user_id == owner)) == ["SELECT from other"]

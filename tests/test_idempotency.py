@@ -15,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import insert, select
 
-from tasks_api.repository import KEYS
+from tasks_api.models import KEYS
 from tests.support import (
     assert_problem,
     token_for,

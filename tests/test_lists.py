@@ -14,9 +14,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text, update
 
-from tasks_api import create_app, db, repository
+from tasks_api import create_app, db
 from tasks_api.config import Settings
-from tasks_api.repository import TASKS
+from tasks_api.models import TASKS
+from tasks_api.repository import tasks as repository
 from tests.support import SECRET, UserClient, assert_problem
 
 SORTS = ["-created_at", "created_at", "-updated_at", "updated_at", "title", "-title"]
@@ -444,25 +445,27 @@ def many(app: Flask, backend: str, user_id: str) -> None:
     if postgresql:
         day, at = "DATE '2026-01-01' + (i % 400)", "now() - i * interval '1 second'"
         empty, rare, ident = "'{}'", "ARRAY['rare']", "gen_random_uuid()"
+        position = "lpad(i::text, 10, '0')"
         series = "generate_series(1, 20000) AS i"
     else:
         day = "date('2026-01-01', '+' || (i % 400) || ' days')"
         at = "strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || i || ' seconds')"
         empty, rare, ident = "'[]'", "'[\"rare\"]'", "lower(hex(randomblob(16)))"
+        position = "printf('%010d', i)"
         series = "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s"
         series += " WHERE i < 20000) SELECT i FROM s)"
     with app.extensions["tasks_api.engine"].connect() as conn:
         conn.execute(
             text(
                 "INSERT INTO tasks (id, user_id, title, completed, status, priority, due_date,"
-                " tags, tag_keys, created_at, updated_at, version, change_position)"
+                " tags, tag_keys, created_at, updated_at, version, change_position, position)"
                 f" SELECT {ident}, :u, 'Task ' || i, false, 'todo',"
                 " CASE i % 4 WHEN 0 THEN 'low' WHEN 1 THEN 'medium' WHEN 2 THEN 'high'"
                 " ELSE 'urgent' END,"
                 f" CASE WHEN i % 3 = 0 THEN NULL ELSE {day} END,"
                 f" CASE WHEN i % 1000 = 0 THEN {rare} ELSE {empty} END,"
                 f" CASE WHEN i % 1000 = 0 THEN {rare} ELSE {empty} END,"
-                f" {at}, {at}, 1, i FROM {series}"
+                f" {at}, {at}, 1, i, {position} FROM {series}"
             ),
             {"u": user_id},
         )

@@ -110,7 +110,12 @@ def test_migrations_match_the_models_and_downgrade_cleanly(fresh: tuple[Flask, U
                 "ix_tasks_user_id_priority_asc",
                 "ix_tasks_user_id_priority_desc",
                 "ix_tasks_user_id_change_position",
+                "ix_tasks_user_id_list_id_position",
+                "ix_tasks_user_id_parent_id_position",
                 "ix_task_tombstones_deleted_at",
+                "ix_lists_user_id_position_id",
+                "ix_lists_user_id_change_position",
+                "ix_list_tombstones_deleted_at",
             } | ({"ix_tasks_tag_keys"} if conn.dialect.name == "postgresql" else set())
 
         flask_db(app, "downgrade", "base")
@@ -243,7 +248,7 @@ def test_tasks_from_before_0006_each_get_a_position_and_sync_once(
                         "at": datetime(2026, 1, 1 + n, tzinfo=UTC),
                     },
                 )
-        flask_db(app, "upgrade")
+        flask_db(app, "upgrade", "0006")
         with engine.connect() as conn:
             positions = conn.execute(
                 text("SELECT title, change_position FROM tasks ORDER BY title")
@@ -251,6 +256,7 @@ def test_tasks_from_before_0006_each_get_a_position_and_sync_once(
             counter = conn.execute(text("SELECT user_id, position FROM sync_positions")).all()
         assert [tuple(row) for row in positions] == [("old 0", 1), ("old 1", 2), ("old 2", 3)]
         assert [tuple(row) for row in counter] == [("alice", 3)]
+        flask_db(app, "upgrade")
     finally:
         engine.dispose()
     served = serve(url, tmp_path)

@@ -21,7 +21,7 @@ OPERATIONS = {
     ("get", "/api/{user_id}/tasks/{task_id}"): ("getTask", {200, 304, 404, 422, 503} | SECURED),
     ("put", "/api/{user_id}/tasks/{task_id}"): (
         "updateTask",
-        {200, 400, 404, 412, 413, 415, 422, 503} | SECURED,
+        {200, 400, 404, 409, 412, 413, 415, 422, 503} | SECURED,
     ),
     ("delete", "/api/{user_id}/tasks/{task_id}"): (
         "deleteTask",
@@ -32,6 +32,25 @@ OPERATIONS = {
         {200, 400, 404, 412, 413, 415, 422, 503} | SECURED,
     ),
     ("get", "/api/{user_id}/tasks/changes"): ("listTaskChanges", {200, 410, 422, 503} | SECURED),
+    ("post", "/api/{user_id}/tasks/{task_id}/move"): (
+        "moveTask",
+        {200, 400, 404, 409, 412, 413, 415, 422, 503} | SECURED,
+    ),
+    ("post", "/api/{user_id}/lists"): ("createList", {201, 400, 409, 413, 415, 422, 503} | SECURED),
+    ("get", "/api/{user_id}/lists"): ("listLists", {200, 422, 503} | SECURED),
+    ("get", "/api/{user_id}/lists/{list_id}"): ("getList", {200, 304, 404, 422, 503} | SECURED),
+    ("put", "/api/{user_id}/lists/{list_id}"): (
+        "updateList",
+        {200, 400, 404, 412, 413, 415, 422, 503} | SECURED,
+    ),
+    ("delete", "/api/{user_id}/lists/{list_id}"): (
+        "deleteList",
+        {204, 404, 412, 422, 503} | SECURED,
+    ),
+    ("post", "/api/{user_id}/lists/{list_id}/move"): (
+        "moveList",
+        {200, 400, 404, 412, 413, 415, 422, 503} | SECURED,
+    ),
     ("get", "/health"): ("getHealth", {200, 500}),
     ("get", "/health/ready"): ("getReadiness", {200, 500, 503}),
 }
@@ -137,6 +156,11 @@ def test_component_schema_names_are_readable(spec: dict[str, Any]) -> None:
         "TaskCreate",
         "TaskUpdate",
         "TaskCompletion",
+        "TaskMove",
+        "List",
+        "ListCreate",
+        "ListUpdate",
+        "ListMove",
         "Problem",
         "Health",
     }

@@ -13,8 +13,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import NullPool, create_engine, update
 
-from tasks_api import repository
-from tasks_api.repository import TASKS
+from tasks_api.models import TASKS
+from tasks_api.repository import tasks as repository
 from tests.support import assert_problem
 from tests.test_lists import create, next_url, walk
 

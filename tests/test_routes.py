@@ -23,6 +23,9 @@ TASK_KEYS = [
     "priority",
     "due_date",
     "tags",
+    "list_id",
+    "parent_id",
+    "position",
     "completed_at",
     "created_at",
     "updated_at",
@@ -63,6 +66,8 @@ def test_create_returns_the_task_and_its_location(
     assert task["priority"] == "medium"
     assert task["due_date"] is None
     assert task["tags"] == []
+    assert (task["list_id"], task["parent_id"]) == (None, None)  # in the inbox, top-level
+    assert isinstance(task["position"], str) and task["position"]
     assert task["completed_at"] is None
     assert task["version"] == 1
     assert parse(task["created_at"]) == parse(task["updated_at"])

@@ -10,8 +10,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks_api import db, repository
-from tasks_api.schemas import TaskSchema, dump_task, rfc3339
+from tasks_api import db
+from tasks_api.repository import tasks as repository
+from tasks_api.schemas.fields import rfc3339
+from tasks_api.schemas.tasks import TaskSchema, dump_task
 
 SCHEMA = TaskSchema()
 
@@ -28,6 +30,9 @@ def row(**overrides: Any) -> dict[str, Any]:
         "priority": "medium",
         "due_date": None,
         "tags": [],
+        "list_id": None,
+        "parent_id": None,
+        "position": "5000000000",
         "completed_at": None,
         "created_at": now,
         "updated_at": now,
@@ -49,6 +54,10 @@ CET = timezone(timedelta(hours=1))
             id="planned",
         ),
         pytest.param(row(due_date=date(1, 1, 1), tags=["Ünï", "a b", "x" * 50]), id="tags"),
+        pytest.param(
+            row(list_id=uuid.uuid4(), parent_id=uuid.uuid4(), position="4" + "9" * 63),
+            id="subtask-in-a-list",
+        ),
         pytest.param(
             row(completed=True, status="done", completed_at=datetime(2026, 1, 1, tzinfo=UTC)),
             id="completed-on-a-whole-second",

@@ -315,8 +315,9 @@ def test_sigterm_answers_every_request_already_sent(database: str, tmp_path: Pat
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO tasks (id, user_id, title, description, completed, created_at,"
-            " updated_at, version, change_position) SELECT gen_random_uuid(), %s,"
-            " repeat('t', 190) || i, repeat('d', 1000), false, now(), now(), 1, i"
+            " updated_at, version, change_position, position) SELECT gen_random_uuid(), %s,"
+            " repeat('t', 190) || i, repeat('d', 1000), false, now(), now(), 1, i,"
+            " lpad(i::text, 10, '0')"
             " FROM generate_series(1, 500) AS i",
             [user],
         )

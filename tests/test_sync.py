@@ -14,7 +14,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from tasks_api import repository, sync
+from tasks_api import sync
+from tasks_api.models import TOMBSTONES
+from tasks_api.repository import changes as repository
 from tests.support import assert_problem, token_for
 
 
@@ -277,7 +279,7 @@ def test_the_purge_takes_expired_tombstones_only(
         client.delete(f"{tasks_url}/{create(client, tasks_url, title)['id']}")
     replica = Replica(client, tasks_url)
     replica.sync()
-    tombstones = repository.TOMBSTONES
+    tombstones = TOMBSTONES
 
     def left() -> int:
         with app.extensions["tasks_api.engine"].connect() as conn:

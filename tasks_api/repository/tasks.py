@@ -1,0 +1,1034 @@
+"""Every SQL statement about tasks: listing pages, reading one, and the writes.
+
+Statements are built once (a few variants per operation, cached) and run as `db.Query`s
+with their values as parameters. Writes follow tasks_api/repository/writes.py: a plan
+decided under the user's lock, and steps. Functions take the request's connection
+(autocommit) and return rows as mappings; they know nothing of HTTP or JSON.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal
+
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Connection,
+    FromClause,
+    Select,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    false,
+    func,
+    insert,
+    literal,
+    literal_column,
+    null,
+    or_,
+    select,
+    true,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.sql.dml import UpdateBase
+
+from ..db import Query
+from ..models import (
+    LISTS,
+    POSITIONS,
+    PRIORITY_RANK,
+    PRIORITY_RANK_REVERSED,
+    TASKS,
+    TOMBSTONES,
+    due_key,
+)
+from ..positions import position_between, position_nth
+from .writes import (
+    OK,
+    Outcome,
+    Row,
+    Write,
+    advance,
+    arity,
+    if_match_params,
+    matches,
+    now,
+    owner,
+    stage,
+    timestamp,
+)
+
+# A user's limits (API.md, "Limits for each user").
+MAX_TASKS = 100_000
+MAX_SUBTASKS = 200
+# What a task row reads as: every column but the case-folded tags, which only the `tag`
+# filter uses, the change position, which only the sync feed does, and top_level_id,
+# which only the foreign key does.
+COLUMNS = tuple(c for c in TASKS.c if c.key not in ("tag_keys", "change_position", "top_level_id"))
+# The columns a create sets (top_level_id is generated).
+WRITTEN = tuple(c for c in TASKS.c if c.key != "top_level_id")
+INBOX: Literal["inbox"] = "inbox"  # the `list` filter's value for the tasks in no list
+TOP_LEVEL: Literal["none"] = "none"  # the `parent` filter's value for tasks without one
+
+# Each list sort: the keys it orders by (then by id), all in one direction, and whether
+# that is descending. Each has an index on (user_id, *keys, id), so a page is a range
+# scan of that index. The four sorts whose ties go newest first order by a key that
+# runs backwards where needed (a negated rank or day number), then created_at. The
+# manual order's index starts with the group (user_id, list_id or parent_id).
+SORT_KEYS: dict[str, tuple[tuple[ColumnElement[Any], ...], bool]] = {
+    "-created_at": ((TASKS.c.created_at,), True),
+    "created_at": ((TASKS.c.created_at,), False),
+    "-updated_at": ((TASKS.c.updated_at,), True),
+    "updated_at": ((TASKS.c.updated_at,), False),
+    "title": ((func.lower(TASKS.c.title),), False),
+    "-title": ((func.lower(TASKS.c.title),), True),
+    "due_date": ((due_key(descending=False), TASKS.c.created_at), True),
+    "-due_date": ((due_key(descending=True), TASKS.c.created_at), True),
+    "priority": ((PRIORITY_RANK_REVERSED, TASKS.c.created_at), True),
+    "-priority": ((PRIORITY_RANK, TASKS.c.created_at), True),
+    "position": ((TASKS.c.position,), False),
+}
+LIKE_ESCAPE = "/"
+
+
+# --- listing -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a list is narrowed to; None (or empty) means not narrowed by that."""
+
+    statuses: Collection[str] | None = None  # any of these
+    priorities: Collection[str] | None = None  # any of these
+    tags: Collection[str] = ()  # every one of these, ignoring case
+    due_after: date | None = None  # inclusive; undated tasks are left out
+    due_before: date | None = None
+    q: str | None = None
+    list: uuid.UUID | Literal["inbox"] | None = None
+    parent: uuid.UUID | Literal["none"] | None = None
+
+
+def list_tasks(
+    conn: Connection,
+    *,
+    user_id: str,
+    sort: str = "-created_at",
+    filters: Filters = Filters(),
+    limit: int,
+    after: tuple[Any, ...] | None = None,
+) -> Sequence[Row]:
+    """One page of the user's tasks in `sort` order, starting past the row `after`.
+
+    `after` is the previous page's last row as (`sort_key`, [`created_at`,] `id`): the
+    values of the sort's keys, then its id; every row comes with its `sort_key`. Keyset
+    paging: a page costs the same at any depth, and rows added or removed meanwhile
+    never shift the others. `sort="position"` needs a `list` or `parent` filter: without
+    `parent`, it orders the list's top-level tasks.
+    """
+    params: dict[str, Any] = {"owner": user_id, "limit": limit}
+    sqlite = conn.dialect.name == "sqlite"
+    if filters.statuses is not None:
+        params["statuses"] = _list_param(sorted(filters.statuses), sqlite)
+    if filters.priorities is not None:
+        params["priorities"] = _list_param(sorted(filters.priorities), sqlite)
+    if filters.tags:
+        params["tags"] = _list_param(sorted({tag_key(tag) for tag in filters.tags}), sqlite)
+    by_due = filters.due_after is not None or filters.due_before is not None
+    if by_due:
+        params["due_after"] = filters.due_after or date.min
+        params["due_before"] = filters.due_before or date.max
+    if filters.q is not None:
+        params["pattern"] = "%" + _escape_like(filters.q) + "%"
+    if isinstance(filters.list, uuid.UUID):
+        params["in_list"] = filters.list
+    if isinstance(filters.parent, uuid.UUID):
+        params["under"] = filters.parent
+    if after is not None:
+        *keys, params["after_id"] = after
+        params.update({f"after_key_{i}": key for i, key in enumerate(keys)})
+    query = list_query(
+        conn.dialect.name,
+        sort,
+        ListVariant(
+            by_status=filters.statuses is not None,
+            by_priority=filters.priorities is not None,
+            by_tags=bool(filters.tags),
+            by_due=by_due,
+            by_text=filters.q is not None,
+            after=after is not None,
+            in_list=None if filters.list is None else "inbox" if filters.list == INBOX else "id",
+            under=None
+            if filters.parent is None
+            else "none"
+            if filters.parent == TOP_LEVEL
+            else "id",
+        ),
+    )
+    return query.rows(conn, **params)
+
+
+@dataclass(frozen=True)
+class ListVariant:
+    """Which clauses a list statement has: with the dialect and sort, its cache key."""
+
+    by_status: bool = False
+    by_priority: bool = False
+    by_tags: bool = False
+    by_due: bool = False
+    by_text: bool = False
+    after: bool = False
+    in_list: Literal["inbox", "id"] | None = None
+    under: Literal["none", "id"] | None = None
+
+
+# Built when first asked for: the variants a client can reach, per dialect and sort.
+@functools.cache
+def list_query(dialect: str, sort: str, variant: ListVariant) -> Query:
+    """The list statement for one dialect, sort and set of filters."""
+    keys, descending = SORT_KEYS[sort]
+    stmt = select(*COLUMNS, keys[0].label("sort_key")).where(TASKS.c.user_id == owner())
+    if variant.by_status:
+        stmt = stmt.where(_any_of(TASKS.c.status, "statuses", dialect))
+    if variant.by_priority:
+        stmt = stmt.where(_any_of(TASKS.c.priority, "priorities", dialect))
+    if variant.by_tags:
+        stmt = stmt.where(_has_every_tag(dialect))
+    if variant.by_due:
+        stmt = stmt.where(
+            TASKS.c.due_date >= bindparam("due_after", type_=TASKS.c.due_date.type),
+            TASKS.c.due_date <= bindparam("due_before", type_=TASKS.c.due_date.type),
+        )
+    if variant.by_text:
+        pattern = bindparam("pattern", type_=TASKS.c.title.type)
+        stmt = stmt.where(
+            or_(
+                TASKS.c.title.ilike(pattern, escape=LIKE_ESCAPE),
+                TASKS.c.description.ilike(pattern, escape=LIKE_ESCAPE),
+            )
+        )
+    if variant.in_list == "inbox":
+        stmt = stmt.where(TASKS.c.list_id.is_(None))
+    elif variant.in_list == "id":
+        stmt = stmt.where(TASKS.c.list_id == bindparam("in_list", type_=TASKS.c.list_id.type))
+    if variant.under == "none" or (sort == "position" and variant.under is None):
+        stmt = stmt.where(TASKS.c.parent_id.is_(None))
+    elif variant.under == "id":
+        stmt = stmt.where(TASKS.c.parent_id == bindparam("under", type_=TASKS.c.parent_id.type))
+    if variant.after:
+        position = tuple_(*keys, TASKS.c.id)
+        bound = tuple_(
+            *(bindparam(f"after_key_{i}", type_=key.type) for i, key in enumerate(keys)),
+            bindparam("after_id", type_=TASKS.c.id.type),
+        )
+        stmt = stmt.where(position < bound if descending else position > bound)
+    columns = (*keys, TASKS.c.id)
+    order = [c.desc() if descending else c.asc() for c in columns]
+    return Query(stmt.order_by(*order).limit(bindparam("limit")))
+
+
+def _list_param(values: Sequence[str], sqlite: bool) -> Any:
+    # PostgreSQL takes a text[]; SQLite reads a JSON array with json_each.
+    return json.dumps(values) if sqlite else list(values)
+
+
+def _any_of(column: ColumnElement[str], name: str, dialect: str) -> ColumnElement[bool]:
+    if dialect == "sqlite":
+        return column.in_(
+            select(literal_column("value")).select_from(func.json_each(bindparam(name)))
+        )
+    return column == any_(bindparam(name, type_=ARRAY(Text())))
+
+
+def _has_every_tag(dialect: str) -> ColumnElement[bool]:
+    if dialect == "sqlite":
+        # No tag asked for is missing from the task's.
+        wanted = func.json_each(bindparam("tags")).table_valued("value").alias("wanted")
+        held: Select[Any] = select(literal_column("value")).select_from(
+            func.json_each(TASKS.c.tag_keys)
+        )
+        return ~exists().where(wanted.c.value.not_in(held.scalar_subquery()))
+    # Containment on the GIN-indexed column.
+    return TASKS.c.tag_keys.contains(bindparam("tags", type_=ARRAY(Text())))
+
+
+def _escape_like(text: str) -> str:
+    """`text` matched literally inside a LIKE pattern."""
+    for char in (LIKE_ESCAPE, "%", "_"):
+        text = text.replace(char, LIKE_ESCAPE + char)
+    return text
+
+
+# --- reading one ---------------------------------------------------------------------------
+
+
+def task_id_param() -> ColumnElement[uuid.UUID]:
+    return bindparam("task_id", type_=TASKS.c.id.type)
+
+
+_GET = Query(select(*COLUMNS).where(TASKS.c.user_id == owner(), TASKS.c.id == task_id_param()))
+
+
+def get_task(conn: Connection, *, user_id: str, task_id: uuid.UUID) -> Row | None:
+    return _GET.row(conn, owner=user_id, task_id=task_id)
+
+
+def tag_key(tag: str) -> str:
+    """What two tags that differ only in case have in common."""
+    return tag.casefold()
+
+
+# --- where a task goes: the plan's part that lists, subtasks and the manual order share ---
+
+# What a write's body says of the task's place (API.md, "Organizing"): `list_id` and
+# `parent_id` given or not, and where among the new siblings: kept (a PUT: kept in its
+# group, else last), last, first (`after: null`), after or before a sibling.
+Order = Literal["keep", "last", "first", "after", "before"]
+
+
+@dataclass(frozen=True)
+class Place:
+    list_given: bool = False
+    parent_given: bool = False
+    order: Order = "keep"
+
+
+def _uuid(name: str) -> ColumnElement[uuid.UUID]:
+    return bindparam(name, type_=TASKS.c.id.type)
+
+
+def _none(column: Any) -> Any:
+    """NULL of the column's type: PostgreSQL takes an untyped NULL for text."""
+    return null().cast(column.type)
+
+
+def _in_group(s: FromClause, parent: Any, list_id: Any) -> ColumnElement[bool]:
+    """Whether the task row `s` is in the group of siblings (parent, list)."""
+    return or_(
+        and_(parent.is_not(None), s.c.parent_id == parent),
+        and_(parent.is_(None), s.c.parent_id.is_(None), s.c.list_id.is_not_distinct_from(list_id)),
+    )
+
+
+def _over_group(
+    value: Callable[[FromClause], Any],
+    parent: Any,
+    list_id: Any,
+    where: Callable[[FromClause], Sequence[ColumnElement[bool]]] = lambda s: (),
+) -> ColumnElement[Any]:
+    """`value` (an aggregate of a task alias) over the group (parent, list), `where` holds:
+    one of three subqueries, each a range of one of the manual order's indexes."""
+    s = TASKS.alias("s")
+
+    def over(*group: ColumnElement[bool]) -> ColumnElement[Any]:
+        return select(value(s)).where(s.c.user_id == owner(), *group, *where(s)).scalar_subquery()
+
+    return case(
+        (parent.is_not(None), over(s.c.parent_id == parent)),
+        (list_id.is_not(None), over(s.c.parent_id.is_(None), s.c.list_id == list_id)),
+        else_=over(s.c.parent_id.is_(None), s.c.list_id.is_(None)),
+    )
+
+
+def _subtasks(parent: Any, *where: Callable[[FromClause], ColumnElement[bool]]) -> Any:
+    """How many subtasks `parent` has (that satisfy `where`)."""
+    s = TASKS.alias("s")
+    return (
+        select(func.count())
+        .select_from(s)
+        .where(s.c.user_id == owner(), s.c.parent_id == parent, *(w(s) for w in where))
+        .scalar_subquery()
+    )
+
+
+def _destination(found: FromClause, place: Place, *, moving: Any) -> Select[Any]:
+    """`found` and where the task goes: `to_parent`, `to_list`, its parent's status
+    (`p_status`), and the first problem with the place (`problem`, NULL if none).
+    `moving` is the id of the task being placed, None for a new one."""
+    to_list, to_parent = _uuid("to_list"), _uuid("to_parent")
+    if place.parent_given:
+        parent: Any = to_parent
+    elif moving is None:
+        parent = _none(TASKS.c.parent_id)
+    elif place.list_given:  # to another list without a parent: it leaves its parent
+        parent = case(
+            (to_list.is_distinct_from(found.c.old_list_id), _none(TASKS.c.parent_id)),
+            else_=found.c.old_parent_id,
+        )
+    else:
+        parent = found.c.old_parent_id
+    if place.list_given:
+        list_id: Any = to_list
+    else:
+        list_id = _none(TASKS.c.list_id) if moving is None else found.c.old_list_id
+    p = TASKS.alias("p")
+    problems: list[tuple[ColumnElement[bool], str]] = []
+    if place.list_given:
+        listed = exists().where(LISTS.c.user_id == owner(), LISTS.c.id == to_list)
+        problems.append((and_(to_list.is_not(None), ~listed), "list_missing"))
+    if place.parent_given:
+        problems += [
+            (and_(to_parent.is_not(None), p.c.id.is_(None)), "parent_missing"),
+            (p.c.parent_id.is_not(None), "parent_nested"),
+        ]
+        if moving is not None:
+            problems += [
+                (to_parent == moving, "parent_self"),
+                (and_(to_parent.is_not(None), _subtasks(moving) > 0), "has_subtasks"),
+            ]
+        if place.list_given:
+            problems.append(
+                (
+                    and_(to_parent.is_not(None), to_list.is_distinct_from(p.c.list_id)),
+                    "list_mismatch",
+                )
+            )
+    if place.list_given or place.parent_given:
+        joins = parent.is_not(None)
+        if moving is not None:
+            joins = and_(joins, parent.is_distinct_from(found.c.old_parent_id))
+        problems.append((and_(joins, _subtasks(parent) >= MAX_SUBTASKS), "subtask_limit"))
+    problem = case(*problems, else_=null()) if problems else null()
+    return select(
+        *found.c,
+        parent.label("to_parent"),
+        # A subtask is in its parent's list.
+        case((p.c.id.is_not(None), p.c.list_id), else_=list_id).label("to_list"),
+        p.c.status.label("p_status"),
+        problem.label("problem"),
+    ).select_from(found.outerjoin(p, and_(p.c.user_id == owner(), p.c.id == parent)))
+
+
+def _neighbours(dest: FromClause, order: Order, *, moving: Any, moves: bool = True) -> Select[Any]:
+    """`dest` and the keys the task goes between: `low` and `high` (NULL: that end is
+    open), `mark` (the sibling named by after/before), `stays` (it is there already: its
+    key stays) and the first problem with the place (`place_problem`). `moves`: False
+    when the write names no list or parent (it stays in its group)."""
+    parent, list_id = dest.c.to_parent, dest.c.to_list
+    others = _others(moving)
+    source: FromClause = dest
+    problem: Any = dest.c.problem
+    mark: Any = _none(TASKS.c.position)
+    if order in ("after", "before"):
+        x = TASKS.alias("x")
+        source = dest.outerjoin(x, and_(x.c.user_id == owner(), x.c.id == _uuid(f"{order}_id")))
+        sibling = and_(
+            x.c.id.is_not(None),
+            x.c.id.is_distinct_from(moving),
+            x.c.parent_id.is_not_distinct_from(parent),
+            or_(parent.is_not(None), x.c.list_id.is_not_distinct_from(list_id)),
+        )
+        problem = func.coalesce(problem, case((~sibling, f"{order}_invalid")))
+        mark = x.c.position
+
+    def highest(*where: Callable[[FromClause], ColumnElement[bool]]) -> Any:
+        return _over_group(lambda s: func.max(s.c.position), parent, list_id, others(*where))
+
+    def lowest(*where: Callable[[FromClause], ColumnElement[bool]]) -> Any:
+        return _over_group(lambda s: func.min(s.c.position), parent, list_id, others(*where))
+
+    low: Any = _none(TASKS.c.position)
+    high: Any = _none(TASKS.c.position)
+    if order == "keep" and not moves:  # no list or parent given: it stays where it is
+        pass
+    elif order in ("last", "keep"):
+        low = highest()
+    elif order == "first":
+        high = lowest()
+    elif order == "after":
+        low, high = mark, lowest(lambda s: s.c.position > mark)
+    else:
+        low, high = highest(lambda s: s.c.position < mark), mark
+    stays: Any = false()
+    if moving is not None:
+        old = dest.c.old_position
+        stays = and_(
+            parent.is_not_distinct_from(dest.c.old_parent_id),
+            list_id.is_not_distinct_from(dest.c.old_list_id),
+        )
+        if order != "keep":  # and between its neighbours-to-be: an open end is no bound
+            if order != "first":
+                stays = and_(stays, or_(low.is_(None), old > low))
+            if order != "last":
+                stays = and_(stays, or_(high.is_(None), old < high))
+    return select(
+        *dest.c,
+        low.label("low"),
+        high.label("high"),
+        mark.label("mark"),
+        case((stays, true()), else_=false()).label("stays"),
+        problem.label("place_problem"),
+    ).select_from(source)
+
+
+def _others(moving: Any) -> Callable[..., Callable[[FromClause], Any]]:
+    """A group's members but the task being placed, and those `where` holds."""
+
+    def others(*where: Callable[[FromClause], ColumnElement[bool]]) -> Callable[[FromClause], Any]:
+        if moving is None:
+            return lambda s: tuple(w(s) for w in where)
+        return lambda s: (s.c.id != moving, *(w(s) for w in where))
+
+    return others
+
+
+def _respacing(around: FromClause, order: Order, *, moving: Any, respace: Any) -> tuple[Any, Any]:
+    """Read only to respace (counting is not free in a large group): the task's `slot`
+    (its rank once placed) and the number of its new `siblings`; 0 otherwise."""
+    parent, list_id, mark = around.c.to_parent, around.c.to_list, around.c.mark
+    others = _others(moving)
+
+    def count(*where: Callable[[FromClause], ColumnElement[bool]]) -> Any:
+        return _over_group(lambda s: func.count(), parent, list_id, others(*where))
+
+    slot: Any = {
+        "first": literal(0),
+        "after": count(lambda s: s.c.position <= mark),
+        "before": count(lambda s: s.c.position < mark),
+    }.get(order, count())
+    return case((respace, slot), else_=0), case((respace, count()), else_=0)
+
+
+def _keyed(around: FromClause, old: Any) -> tuple[CTE, ColumnElement[bool]]:
+    """`around` and the task's new `key` (`old` if it stays; NULL if the group must be
+    respaced to make room); and whether it must."""
+    key = case((around.c.stays, old), else_=position_between(around.c.low, around.c.high))
+    keyed = stage(select(*around.c, key.label("key")), "keyed")
+    return keyed, and_(~keyed.c.stays, keyed.c.key.is_(None))
+
+
+def _respaced(plan: FromClause, *, task: Any, first: Any) -> UpdateBase:
+    """The step that respaces the group (plan.parent_id, plan.list_id) around `task`,
+    whose slot is plan.slot: every other member gets the key of its rank, one further on
+    past the slot; those whose key changes get a new version and the change position
+    `first` + rank."""
+    s = TASKS.alias("s")
+    ranked = (
+        select(s.c.id, (func.row_number().over(order_by=(s.c.position, s.c.id)) - 1).label("rank"))
+        .where(
+            s.c.user_id == owner(),
+            _in_group(s, plan.c.parent_id, plan.c.list_id),
+            s.c.id != task,
+            plan.c.respace,
+            plan.c.verdict == OK,
+        )
+        .subquery("ranked")
+    )
+    key = position_nth(ranked.c.rank + case((ranked.c.rank >= plan.c.slot, 1), else_=0))
+    return (
+        update(TASKS)
+        .where(TASKS.c.user_id == owner(), TASKS.c.id == ranked.c.id, TASKS.c.position != key)
+        .values(
+            position=key,
+            version=TASKS.c.version + 1,
+            updated_at=timestamp("now"),
+            change_position=first + ranked.c.rank,
+        )
+    )
+
+
+def _found(*, task: bool = True) -> Select[Any]:
+    """The user's row (the write's `base`: the change counter before it; the task count)
+    and, when `task`, the task named by `task_id`, its columns as old_* (NULL when it is
+    not the user's)."""
+    me = POSITIONS.alias("me")
+    columns: list[Any] = [me.c.position.label("base"), me.c.tasks.label("task_count")]
+    if not task:
+        return select(*columns).where(me.c.user_id == owner())
+    t = TASKS.alias("t")
+    columns += [c.label(f"old_{c.key}") for c in t.c if c.key not in ("top_level_id", "user_id")]
+    return (
+        select(*columns)
+        .select_from(me.outerjoin(t, and_(t.c.user_id == owner(), t.c.id == task_id_param())))
+        .where(me.c.user_id == owner())
+    )
+
+
+def _open(status: Any) -> ColumnElement[int]:
+    return case((status != literal("done"), 1), else_=0)
+
+
+def _lists_counted(plan: FromClause) -> UpdateBase:
+    """The step that moves open_tasks: `before` open tasks leave list `old_list_id`,
+    `after` arrive in `list_id` (the same list, or NULL for the inbox, alike)."""
+    old, new = plan.c.old_list_id, plan.c.list_id
+    return (
+        update(LISTS)
+        .where(
+            LISTS.c.user_id == owner(),
+            or_(LISTS.c.id == old, LISTS.c.id == new),
+            plan.c.verdict == OK,
+            or_(plan.c.before != plan.c.after, old.is_distinct_from(new)),
+        )
+        .values(
+            open_tasks=LISTS.c.open_tasks
+            - case((LISTS.c.id == old, plan.c.before), else_=0)
+            + case((LISTS.c.id == new, plan.c.after), else_=0)
+        )
+    )
+
+
+# --- creating ------------------------------------------------------------------------------
+
+
+def new_task(
+    *,
+    user_id: str,
+    title: str,
+    description: str | None = None,
+    completed: bool | None = None,
+    status: str | None = None,
+    priority: str = "medium",
+    due_date: date | None = None,
+    tags: Sequence[str] = (),
+    list_id: uuid.UUID | None = None,
+    parent_id: uuid.UUID | None = None,
+) -> dict[str, Any]:
+    """The columns of a task about to be created that the app decides (the id and the
+    clock are the app's; the position, and the list of a subtask, the database's).
+
+    `status` and `completed` must agree when both are given (the schema checks).
+    """
+    if status is None:
+        status = "done" if completed else "todo"
+    moment = now()
+    done = status == "done"
+    return {
+        "id": uuid.uuid4(),
+        "user_id": user_id,
+        "title": title,
+        "description": description,
+        "completed": done,
+        "status": status,
+        "priority": priority,
+        "due_date": due_date,
+        "tags": list(tags),
+        "tag_keys": [tag_key(tag) for tag in tags],
+        "list_id": list_id,
+        "parent_id": parent_id,
+        "completed_at": moment if done else None,
+        "created_at": moment,
+        "updated_at": moment,
+        "version": 1,
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def _create(place: Place) -> Write:
+    found = stage(_found(task=False), "found")
+    dest = stage(_destination(found, place, moving=None), "dest")
+    around, respace = _keyed(
+        stage(_neighbours(dest, "last", moving=None), "placed"), _none(TASKS.c.position)
+    )
+    key = around.c.key
+    slot, siblings = _respacing(around, "last", moving=None, respace=respace)
+    verdict = case(
+        (around.c.task_count >= MAX_TASKS, "task_limit"),
+        else_=func.coalesce(around.c.place_problem, OK),
+    )
+    plan = select(
+        verdict.label("verdict"),
+        around.c.base,
+        around.c.to_list.label("list_id"),
+        around.c.to_parent.label("parent_id"),
+        case((respace, position_nth(slot)), else_=key).label("position"),
+        respace.label("respace"),
+        slot.label("slot"),
+        _open(bindparam("new_status", type_=TASKS.c.status.type)).label("opened"),
+        (1 + siblings).label("entries"),
+    ).select_from(around)
+
+    def steps(plan: FromClause) -> list[tuple[str, UpdateBase]]:
+        # Not named after the columns: SQLAlchemy keeps those names for the values.
+        values: dict[str, Any] = {c.key: bindparam(f"new_{c.key}", type_=c.type) for c in WRITTEN}
+        values |= {
+            "list_id": plan.c.list_id,
+            "parent_id": plan.c.parent_id,
+            "position": plan.c.position,
+            "change_position": plan.c.base + 1,
+        }
+        created = (
+            insert(TASKS)
+            .from_select(list(values), select(*values.values()).where(plan.c.verdict == OK))
+            .returning(*COLUMNS)
+        )
+        opened = (
+            update(LISTS)
+            .where(
+                LISTS.c.user_id == owner(),
+                LISTS.c.id == plan.c.list_id,
+                plan.c.verdict == OK,
+                plan.c.opened == 1,
+            )
+            .values(open_tasks=LISTS.c.open_tasks + 1)
+        )
+        return [
+            ("respaced", _respaced(plan, task=_uuid("new_id"), first=plan.c.base + 2)),
+            ("created", created),
+            ("lists", opened),
+            ("counter", advance(plan, tasks=1)),
+        ]
+
+    return Write(plan, steps, returns="created")
+
+
+def create_task(conn: Connection, task: Mapping[str, Any], *, then: Any = None) -> Outcome:
+    """Insert `task` (from `new_task`) last among its new siblings. The outcome's verdict
+    says why not, if not: task_limit, list_missing, parent_missing, parent_nested,
+    list_mismatch or subtask_limit. `then` runs after, in the same transaction."""
+    place = Place(
+        list_given=task["list_id"] is not None, parent_given=task["parent_id"] is not None
+    )
+    params = {
+        **{f"new_{name}": value for name, value in task.items()},
+        "owner": task["user_id"],
+        "to_list": task["list_id"],
+        "to_parent": task["parent_id"],
+        "now": task["created_at"],
+    }
+    return _create(place).run(conn, then=then, **params)
+
+
+# --- changing: PUT, completion, move ---------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1024)
+def _change(fields: tuple[str, ...], toggle: bool, if_match: int | None, place: Place) -> Write:
+    """A change of the task `task_id`: `fields` set from parameters of their names,
+    `toggle` flips its completion, `place` says where it goes."""
+    task = task_id_param()
+    found = stage(_found(), "found")
+    dest = stage(_destination(found, place, moving=task), "dest")
+    moves = place.list_given or place.parent_given or place.order != "keep"
+    placed = stage(_neighbours(dest, place.order, moving=task, moves=moves), "placed")
+    around, respace = _keyed(placed, placed.c.old_position)
+    a = around.c
+    key = a.key
+    slot, siblings = _respacing(around, place.order, moving=task, respace=respace)
+    position = case((respace, position_nth(slot)), else_=key)
+
+    def new(name: str) -> Any:
+        return bindparam(name, type_=TASKS.c[name].type) if name in fields else a[f"old_{name}"]
+
+    if toggle:
+        status: Any = case((a.old_completed, literal("todo")), else_=literal("done"))
+    elif "status" in fields:
+        status = new("status")
+    elif "completed" in fields:  # completed: false leaves a task that is not done as it is
+        status = case(
+            (new("completed"), literal("done")),
+            (a.old_status == literal("done"), literal("todo")),
+            else_=a.old_status,
+        )
+    else:
+        status = a.old_status
+    values: dict[str, Any] = {
+        name: new(name) for name in ("title", "description", "priority", "due_date", "tags")
+    }
+    values |= {
+        "status": status,
+        "list_id": a.to_list,
+        "parent_id": a.to_parent,
+        "position": position,
+    }
+    changed = or_(*(value.is_distinct_from(a[f"old_{name}"]) for name, value in values.items()))
+    completes = and_(status == literal("done"), a.old_status != literal("done"))
+    moves_list = a.to_list.is_distinct_from(a.old_list_id)
+    # Its subtasks follow it to another list; completing it completes the open ones.
+    cascades = and_(a.old_parent_id.is_(None), or_(completes, moves_list))
+    opened_below = case((cascades, _subtasks(task, lambda s: s.c.status != "done")), else_=0)
+    changed_below = case(
+        (and_(cascades, moves_list), _subtasks(task)), (cascades, opened_below), else_=0
+    )
+    # Making a subtask not done again while its parent is done makes the parent todo.
+    reopens = and_(
+        a.to_parent.is_not(None),
+        a.old_status == literal("done"),
+        status != literal("done"),
+        a.p_status == literal("done"),
+    )
+    reopened = case((reopens, 1), else_=0)
+    when_changed = case((changed, 1), else_=0)
+    verdict = case(
+        (a.old_id.is_(None), "not_found"),
+        (~matches(a.old_version, if_match), "stale"),
+        else_=func.coalesce(a.place_problem, OK),
+    )
+    plan = select(
+        verdict.label("verdict"),
+        a.base,
+        a.old_id.label("id"),
+        a.old_version,
+        a.old_list_id,
+        *(value.label(name) for name, value in values.items()),
+        (status == literal("done")).label("completed"),
+        case(
+            (status == literal("done"), func.coalesce(a.old_completed_at, timestamp("now")))
+        ).label("completed_at"),
+        (func.coalesce(a.old_version, 0) + when_changed).label("version"),
+        case((changed, timestamp("now")), else_=a.old_updated_at).label("updated_at"),
+        case((changed, a.base + 1), else_=a.old_change_position).label("change_position"),
+        case((completes, true()), else_=false()).label("completes"),
+        case((moves_list, true()), else_=false()).label("moves_list"),
+        changed_below.label("below"),
+        case((reopens, true()), else_=false()).label("reopens"),
+        respace.label("respace"),
+        slot.label("slot"),
+        (_open(a.old_status) + opened_below).label("before"),
+        (_open(status) + case((completes, 0), else_=opened_below) + reopened).label("after"),
+        (when_changed + changed_below + reopened + siblings).label("entries"),
+    ).select_from(around)
+    if "tags" in fields:
+        plan = plan.add_columns(
+            bindparam("tag_keys", type_=TASKS.c.tag_keys.type).label("tag_keys")
+        )
+    else:
+        plan = plan.add_columns(a.old_tag_keys.label("tag_keys"))
+
+    def steps(plan: FromClause) -> list[tuple[str, UpdateBase]]:
+        written = (*values, "tag_keys", "completed", "completed_at", "version", "updated_at")
+        changed = (
+            update(TASKS)
+            .where(TASKS.c.user_id == owner(), TASKS.c.id == plan.c.id, plan.c.verdict == OK)
+            .values({name: plan.c[name] for name in (*written, "change_position")})
+            .returning(*COLUMNS)
+        )
+        return [
+            ("changed", changed),
+            ("below", _below(plan)),
+            ("parent", _reopened(plan)),
+            ("respaced", _respaced(plan, task=task, first=_after_below(plan) + 1)),
+            ("lists", _lists_counted(plan)),
+            ("counter", advance(plan)),
+        ]
+
+    return Write(plan, steps, returns="changed")
+
+
+def _after_below(plan: FromClause) -> Any:
+    """The last change position the task, its subtasks and its parent take."""
+    return plan.c.base + 1 + plan.c.below + case((plan.c.reopens, 1), else_=0)
+
+
+def _below(plan: FromClause) -> UpdateBase:
+    """The step that carries a change to the task's subtasks: to its new list, and done
+    when it became done."""
+    s = TASKS.alias("s")
+    numbered = (
+        select(s.c.id, func.row_number().over(order_by=(s.c.position, s.c.id)).label("n"))
+        .where(
+            s.c.user_id == owner(),
+            s.c.parent_id == plan.c.id,
+            plan.c.verdict == OK,
+            plan.c.below > 0,
+            or_(plan.c.moves_list, s.c.status != "done"),
+        )
+        .subquery("numbered")
+    )
+    completes = plan.c.completes
+    return (
+        update(TASKS)
+        .where(TASKS.c.user_id == owner(), TASKS.c.id == numbered.c.id)
+        .values(
+            list_id=plan.c.list_id,
+            status=case((completes, literal("done")), else_=TASKS.c.status),
+            completed=case((completes, true()), else_=TASKS.c.completed),
+            completed_at=case(
+                (completes, func.coalesce(TASKS.c.completed_at, timestamp("now"))),
+                else_=TASKS.c.completed_at,
+            ),
+            version=TASKS.c.version + 1,
+            updated_at=timestamp("now"),
+            change_position=plan.c.base + 1 + numbered.c.n,
+        )
+    )
+
+
+def _reopened(plan: FromClause) -> UpdateBase:
+    """The step that makes the parent todo again, when the plan says so."""
+    return (
+        update(TASKS)
+        .where(
+            TASKS.c.user_id == owner(),
+            TASKS.c.id == plan.c.parent_id,
+            plan.c.reopens,
+            plan.c.verdict == OK,
+        )
+        .values(
+            status=literal("todo"),
+            completed=false(),
+            completed_at=null(),
+            version=TASKS.c.version + 1,
+            updated_at=timestamp("now"),
+            change_position=plan.c.base + 2 + plan.c.below,
+        )
+    )
+
+
+def _change_params(
+    user_id: str, task_id: uuid.UUID, versions: Collection[int] | None
+) -> dict[str, Any]:
+    return {**if_match_params(versions), "owner": user_id, "task_id": task_id, "now": now()}
+
+
+def update_task(
+    conn: Connection,
+    *,
+    user_id: str,
+    task_id: uuid.UUID,
+    changes: Mapping[str, Any],
+    versions: Collection[int] | None = None,
+) -> Outcome:
+    """Apply `changes` (title, description, status, completed, priority, due_date, tags,
+    list_id, parent_id). The outcome's verdict is "ok", not_found, stale (with If-Match,
+    `versions`, the task is at none of them), or a problem with the place.
+
+    `status` and `completed` must agree when both are given (the schema checks):
+    `completed: true` means `done`; `completed: false` turns `done` into `todo` and
+    leaves the other states. A new list or parent puts the task last among its new
+    siblings. `version` and `updated_at` move only when a value really differs, so
+    repeating an update changes nothing.
+    """
+    values = {k: v for k, v in changes.items() if k not in ("list_id", "parent_id")}
+    if "status" in values:
+        values["completed"] = values["status"] == "done"
+    if "tags" in values:
+        values["tag_keys"] = [tag_key(tag) for tag in values["tags"]]
+    place = Place(list_given="list_id" in changes, parent_given="parent_id" in changes)
+    write = _change(tuple(sorted(values)), False, arity(versions), place)
+    params = _change_params(user_id, task_id, versions)
+    params |= {"to_list": changes.get("list_id"), "to_parent": changes.get("parent_id")}
+    return write.run(conn, **params, **values)
+
+
+def set_completed(
+    conn: Connection,
+    *,
+    user_id: str,
+    task_id: uuid.UUID,
+    completed: bool | None,
+    versions: Collection[int] | None = None,
+) -> Outcome:
+    """Set `completed`, or flip it when `completed` is None.
+
+    The flip reads the current state under the user's lock, so concurrent toggles each
+    apply: N of them flip the task N times. A task `in_progress` flips to `done`.
+    """
+    if completed is not None:
+        return update_task(
+            conn,
+            user_id=user_id,
+            task_id=task_id,
+            changes={"completed": completed},
+            versions=versions,
+        )
+    write = _change((), True, arity(versions), Place())
+    return write.run(conn, **_change_params(user_id, task_id, versions))
+
+
+def move_task(
+    conn: Connection,
+    *,
+    user_id: str,
+    task_id: uuid.UUID,
+    order: Order,
+    sibling: uuid.UUID | None = None,
+    to_list: uuid.UUID | None = None,
+    to_parent: uuid.UUID | None = None,
+    list_given: bool = False,
+    parent_given: bool = False,
+    versions: Collection[int] | None = None,
+) -> Outcome:
+    """Put the task `order` (last, first, after or before `sibling`), in list `to_list`
+    and under `to_parent` when given. Verdicts as `update_task`'s, and after_invalid or
+    before_invalid when `sibling` is not one at the destination."""
+    place = Place(list_given=list_given, parent_given=parent_given, order=order)
+    params = _change_params(user_id, task_id, versions)
+    params |= {"to_list": to_list, "to_parent": to_parent}
+    if order in ("after", "before"):
+        params[f"{order}_id"] = sibling
+    return _change((), False, arity(versions), place).run(conn, **params)
+
+
+# --- deleting --------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _delete(if_match: int | None) -> Write:
+    """Delete the task `task_id` and its subtasks, leaving a tombstone for each."""
+    task = task_id_param()
+    found = stage(_found(), "found")
+    f = found.c
+    below = case((f.old_parent_id.is_(None), _subtasks(task)), else_=0)
+    opened = case(
+        (f.old_parent_id.is_(None), _subtasks(task, lambda s: s.c.status != "done")), else_=0
+    )
+    verdict = case(
+        (f.old_id.is_(None), "not_found"),
+        (~matches(f.old_version, if_match), "stale"),
+        else_=OK,
+    )
+    plan = select(
+        verdict.label("verdict"),
+        f.base,
+        f.old_version,
+        f.old_list_id.label("list_id"),
+        (_open(f.old_status) + opened).label("opened"),
+        (1 + below).label("entries"),
+    ).select_from(found)
+
+    def steps(plan: FromClause) -> list[tuple[str, UpdateBase]]:
+        doomed = and_(
+            TASKS.c.user_id == owner(),
+            or_(TASKS.c.id == task, TASKS.c.parent_id == task),
+        )
+        ok = exists(select(plan.c.verdict).where(plan.c.verdict == OK))
+        numbered = func.row_number().over(order_by=(TASKS.c.parent_id.is_not(None), TASKS.c.id))
+        buried = insert(TOMBSTONES).from_select(
+            ["user_id", "id", "position", "deleted_at"],
+            select(TASKS.c.user_id, TASKS.c.id, plan.c.base + numbered, timestamp("now")).where(
+                doomed, plan.c.verdict == OK
+            ),
+        )
+        deleted = delete(TASKS).where(doomed, ok).returning(TASKS.c.id)
+        closed = (
+            update(LISTS)
+            .where(
+                LISTS.c.user_id == owner(),
+                LISTS.c.id == plan.c.list_id,
+                plan.c.verdict == OK,
+                plan.c.opened > 0,
+            )
+            .values(open_tasks=LISTS.c.open_tasks - plan.c.opened)
+        )
+        return [
+            ("buried", buried),
+            ("deleted", deleted),
+            ("lists", closed),
+            ("counter", advance(plan, tasks=-plan.c.entries)),
+        ]
+
+    return Write(plan, steps, returns="deleted")
+
+
+def delete_task(
+    conn: Connection,
+    *,
+    user_id: str,
+    task_id: uuid.UUID,
+    versions: Collection[int] | None = None,
+) -> Outcome:
+    """Delete the task and its subtasks, leaving their tombstones. Verdict: "ok",
+    not_found or stale."""
+    return _delete(arity(versions)).run(conn, **_change_params(user_id, task_id, versions))

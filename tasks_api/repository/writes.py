@@ -1,0 +1,209 @@
+"""How every write runs: the user's row locked first, then one statement that decides and
+writes, in one round trip.
+
+The rules of lists, subtasks and the manual order read other rows than the ones they
+write: a move reads its new neighbours, a create counts the user's tasks, completing a
+parent finds its subtasks. Read in the same statement as the write, those rows come from
+the statement's snapshot, taken before any lock it waits for: a sibling moved by a
+request that committed meanwhile would be missed, and two moves could pick one key.
+
+So on PostgreSQL a write is two statements sent together in psycopg's pipeline mode,
+one transaction and one round trip (`db.Query.rows_after`):
+
+1. `LOCK`: the user's row in `sync_positions` (made if missing), locked to the commit.
+   Every write of the user takes it first, so the user's writes run one at a time.
+2. The write: a `plan` (one row: what to do, or why not, decided from the rows as they
+   are now: its snapshot is taken after 1 got the lock) and the `steps` that do it, each
+   a data-modifying CTE reading the plan. The plan numbers every change the write makes
+   after the user's change counter; the last step moves the counter past them.
+
+On SQLite, which has one writer at a time, the same plan and steps run one after another
+inside `BEGIN IMMEDIATE`: the plan is read first, and the steps see it as a row of bound
+values. Steps are written so that both ways mean the same: each reads only the plan and
+the rows it changes itself, and no two steps change the same row.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Connection,
+    FromClause,
+    Select,
+    bindparam,
+    literal_column,
+    select,
+    true,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.dml import UpdateBase
+
+from ..db import Query, pipeline
+from ..models import POSITIONS, UTCDateTime
+
+Row = Mapping[str, Any]
+# Builds a write's steps from its plan: (name, statement) pairs, in the order SQLite runs
+# them.
+Steps = Callable[[FromClause], Sequence[tuple[str, UpdateBase]]]
+OK = "ok"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def timestamp(name: str) -> ColumnElement[datetime]:
+    # Typed, so SQLite stores it in the same form as the column's own values.
+    return bindparam(name, type_=UTCDateTime())
+
+
+def stage(query: Select[Any], name: str) -> CTE:
+    """A step of a plan, as a CTE computed once. Inlined (the planner's default for a
+    CTE used once), each stage's expressions would be copied into every expression that
+    uses them, and the next stage's into those: planning a move took 375 ms."""
+    return query.cte(name).prefix_with("MATERIALIZED")
+
+
+def owner() -> ColumnElement[str]:
+    return bindparam("owner", type_=POSITIONS.c.user_id.type)
+
+
+def if_match_params(versions: Collection[int] | None) -> dict[str, int]:
+    return {f"if_match_{i}": version for i, version in enumerate(versions or ())}
+
+
+def arity(versions: Collection[int] | None) -> int | None:
+    """How many versions If-Match names: a statement variant (None: no If-Match)."""
+    return None if versions is None else len(versions)
+
+
+def matches(version: ColumnElement[int], if_match: int | None) -> ColumnElement[bool]:
+    """Whether `version` is one If-Match names (always, without If-Match)."""
+    if if_match is None:
+        return true()
+    if if_match == 0:  # only weak or foreign tags: no version matches (they start at 1)
+        return version < literal_column("1")
+    return version.in_([bindparam(f"if_match_{i}") for i in range(if_match)])
+
+
+def _lock(dialect: str) -> Any:
+    dialect_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    stmt = dialect_insert(POSITIONS).values(
+        user_id=owner(), position=literal_column("0"), tasks=0, lists=0
+    )
+    # A no-op update: it takes the row lock, and changes nothing the steps read.
+    return stmt.on_conflict_do_update(
+        index_elements=[POSITIONS.c.user_id], set_={"position": POSITIONS.c.position}
+    )
+
+
+LOCK = {dialect: Query(_lock(dialect)) for dialect in ("postgresql", "sqlite")}
+
+
+def advance(plan: FromClause, *, tasks: Any = 0, lists: Any = 0) -> UpdateBase:
+    """The step that moves the user's counter past the write's changes (`plan.entries`)
+    and its task and list counts by `tasks` and `lists`."""
+    return (
+        POSITIONS.update()
+        .where(POSITIONS.c.user_id == owner(), plan.c.verdict == OK)
+        .values(
+            position=POSITIONS.c.position + plan.c.entries,
+            tasks=POSITIONS.c.tasks + tasks,
+            lists=POSITIONS.c.lists + lists,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    plan: Row  # the plan's row: `verdict` ("ok", or why not) and what it decided
+    rows: Sequence[Row]  # what the step named `returns` returned
+
+    @property
+    def verdict(self) -> str:
+        return str(self.plan["verdict"])
+
+
+class Write:
+    """A write as a plan and its steps, run under the user's lock (see the module); the
+    step named `returns` has a RETURNING clause, and its rows are the write's."""
+
+    def __init__(self, plan: Select[Any], steps: Steps, *, returns: str) -> None:
+        self.plan = plan
+        self.steps = steps
+        self.returns = returns
+
+    def run(
+        self,
+        conn: Connection,
+        *,
+        then: tuple[Query, Mapping[str, Any]] | None = None,
+        **params: Any,
+    ) -> Outcome:
+        """Run the write with `params`; `then`, a statement and its parameters, runs after
+        it in the same transaction (and round trip) and sees what it wrote."""
+        dialect = conn.dialect.name
+        after = [then] if then is not None else []
+        if dialect == "postgresql":
+            statement, key = self._statement
+            rows = pipeline(conn, [(LOCK[dialect], params), (statement, params), *after], answer=1)
+            plan = {name[5:]: value for name, value in rows[0].items() if name[:5] == "plan_"}
+            found = [
+                {name: value for name, value in row.items() if name[:5] != "plan_"}
+                for row in rows
+                if row[key] is not None
+            ]
+            return Outcome(plan, found)
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            LOCK[dialect].rowcount(conn, **params)
+            planned = Query(self.plan).row(conn, **params)
+            assert planned is not None  # the user's row is there: one row
+            bound = {f"plan_{name}": value for name, value in planned.items()}
+            returned: Sequence[Row] = []
+            for name, step in self._sqlite_steps:
+                if name == self.returns:
+                    returned = step.rows(conn, **params, **bound)
+                else:
+                    step.rowcount(conn, **params, **bound)
+            for query, then_params in after:
+                query.rowcount(conn, **then_params)
+        except BaseException:
+            conn.exec_driver_sql("ROLLBACK")
+            raise
+        conn.exec_driver_sql("COMMIT")
+        return Outcome(planned, returned)
+
+    @functools.cached_property
+    def _statement(self) -> tuple[Query, str]:
+        """PostgreSQL: the plan and every step as CTEs of one statement, which answers
+        the plan's columns (as plan_*) beside each row the `returns` step returned; and
+        the name of that step's first column, NULL in the one row when it returned none."""
+        plan = self.plan.cte("plan")
+        ctes = {name: step.cte(name) for name, step in self.steps(plan)}
+        returned = ctes.pop(self.returns)
+        answer = (
+            select(*(c.label(f"plan_{c.key}") for c in plan.c), *returned.c)
+            .select_from(plan.outerjoin(returned, true()))
+            .add_cte(*ctes.values())
+        )
+        return Query(answer), next(iter(returned.c)).key
+
+    @functools.cached_property
+    def _sqlite_steps(self) -> Sequence[tuple[str, Query]]:
+        """SQLite: the steps, reading the plan as one row of bound values."""
+        bound = select(
+            *(
+                bindparam(f"plan_{c.key}", type_=c.type).label(c.key)
+                for c in self.plan.selected_columns
+            )
+        ).subquery("plan")
+        return [(name, Query(step)) for name, step in self.steps(bound)]

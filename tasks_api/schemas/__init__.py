@@ -1,0 +1,1 @@
+"""Marshmallow schemas, by resource: what requests may send and responses carry."""
