@@ -13,6 +13,10 @@ from pathlib import Path
 import jwt
 import schemathesis
 
+_UUID = re.compile(
+    r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}"
+)
+
 
 def _secret() -> str:
     if os.environ.get("AUTH_JWT_SECRET"):
@@ -47,10 +51,21 @@ def before_call(context, case, kwargs):  # type: ignore[no-untyped-def]
         case.headers["Idempotency-Key"] = str(uuid.uuid4())
     # cursor and since (a sync token): valid only when this server issued them: no
     # generated one is, even when it fits the schema, so those are left out
-    # (tests/test_lists.py and tests/test_sync.py cover bad ones). Ones that break the
+    # (tests/test_listing.py and tests/test_sync.py cover bad ones). Ones that break the
     # schema (longer than its maxLength) go as generated, to be refused: by the app (422)
     # or, past 8 KiB of request line, by the server (a documented 414).
     for name, fits in (("cursor", range(0, 2049)), ("since", range(1, 1025))):
         token = (case.query or {}).get(name)
         if isinstance(token, str) and len(token) in fits:
             del case.query[name]
+    # A task's or list's id in a body (list_id, parent_id, after, before) is valid only
+    # when it names one of the user's, in the right place: a generated one is a
+    # (correct) 422 naming the field. null (the inbox, top-level, first) stays.
+    if isinstance(case.body, dict):
+        for name in ("list_id", "parent_id", "after", "before"):
+            if isinstance(case.body.get(name), str) and _UUID.fullmatch(case.body[name]):
+                del case.body[name]
+    # sort=position is the order within a list or a parent: without either it is a
+    # (correct) 422 that the document cannot say.
+    if (case.query or {}).get("sort") == "position" and not {"list", "parent"} & set(case.query):
+        case.query["list"] = "inbox"

@@ -168,10 +168,11 @@ class Query:
         self._constants: dict[str, Any] = {}  # values bound at build time (`version + 1`)
         self._order: Sequence[str] = ()  # the parameters' names, for $1, $2, ...
         self._names: list[str] | None = None  # of the result's columns
+        self._bound: frozenset[str] | None = None  # SQLite: the parameters it binds
 
     def rows(self, conn: Connection, **params: Any) -> Sequence[Mapping[str, Any]]:
         if conn.dialect.name != "postgresql":
-            return [*conn.execute(self.statement, params).mappings()]
+            return [*conn.execute(self.statement, self._own(conn, params)).mappings()]
         with self._cursor(conn, params) as cursor:
             return cursor.fetchall()
 
@@ -181,9 +182,17 @@ class Query:
 
     def rowcount(self, conn: Connection, **params: Any) -> int:
         if conn.dialect.name != "postgresql":
-            return conn.execute(self.statement, params).rowcount
+            return conn.execute(self.statement, self._own(conn, params)).rowcount
         with self._cursor(conn, params) as cursor:
             return cursor.rowcount
+
+    def _own(self, conn: Connection, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The parameters the statement binds. SQLAlchemy would take any other that
+        names a column of an UPDATE as a value to set (a write's steps share one set of
+        parameters, the request's `status` among them)."""
+        if self._bound is None:
+            self._bound = frozenset(self.statement.compile(dialect=conn.dialect).params)
+        return {name: value for name, value in params.items() if name in self._bound}
 
     def _compiled(self, conn: Connection) -> str:
         if self._sql is None:
@@ -200,7 +209,7 @@ class Query:
         return self._sql
 
     def _values(self, params: Mapping[str, Any]) -> list[Any]:
-        given = {**self._constants, **params}
+        given = {**params, **self._constants}  # a constant is the statement's own
         return [given[name] for name in self._order]
 
     def _cursor(

@@ -176,16 +176,26 @@ class Task(Base):
             name="fk_tasks_user_id_parent_id_tasks",
         ).ddl_if(dialect="postgresql"),
         Index("ix_tasks_user_id_change_position", "user_id", "change_position"),
-        # The manual order, one group of siblings a range: a list's (or the inbox's)
-        # top-level tasks, and a task's subtasks. Each task is in exactly one of the two.
+        # The manual order, one group of siblings a range of one index: the inbox's
+        # top-level tasks, a list's, and a task's subtasks. Each task is in exactly one.
+        # The inbox has its own: after `list_id IS NULL` PostgreSQL would not read the
+        # index in position order (an IS NULL is no equality to it).
+        Index(
+            "ix_tasks_inbox_position",
+            "user_id",
+            "position",
+            "id",
+            postgresql_where=text("parent_id IS NULL AND list_id IS NULL"),
+            sqlite_where=text("parent_id IS NULL AND list_id IS NULL"),
+        ),
         Index(
             "ix_tasks_user_id_list_id_position",
             "user_id",
             "list_id",
             "position",
             "id",
-            postgresql_where=text("parent_id IS NULL"),
-            sqlite_where=text("parent_id IS NULL"),
+            postgresql_where=text("parent_id IS NULL AND list_id IS NOT NULL"),
+            sqlite_where=text("parent_id IS NULL AND list_id IS NOT NULL"),
         ),
         Index(
             "ix_tasks_user_id_parent_id_position",
@@ -224,7 +234,7 @@ class Task(Base):
 
 # Indexes autogenerate (`flask db revision`) cannot compare: Alembic does not reflect these
 # expressions back on every backend, and the GIN index exists on PostgreSQL only. Their
-# migrations are written by hand; tests/test_lists.py checks the planner uses them.
+# migrations are written by hand; tests/test_listing.py checks the planner uses them.
 EXPRESSION_INDEXES = frozenset(
     {
         "ix_tasks_user_id_due_asc",

@@ -555,6 +555,14 @@ def _found(*, task: bool = True) -> Select[Any]:
     )
 
 
+# Spelled in the SQL: a bound value in a SET clause is named after its column, and a
+# request's own `status` parameter would stand in for it.
+_DONE, _TODO = (
+    literal_column("'done'", TASKS.c.status.type),
+    literal_column("'todo'", TASKS.c.status.type),
+)
+
+
 def _open(status: Any) -> ColumnElement[int]:
     return case((status != literal("done"), 1), else_=0)
 
@@ -842,7 +850,7 @@ def _below(plan: FromClause) -> UpdateBase:
         .where(TASKS.c.user_id == owner(), TASKS.c.id == numbered.c.id)
         .values(
             list_id=plan.c.list_id,
-            status=case((completes, literal("done")), else_=TASKS.c.status),
+            status=case((completes, _DONE), else_=TASKS.c.status),
             completed=case((completes, true()), else_=TASKS.c.completed),
             completed_at=case(
                 (completes, func.coalesce(TASKS.c.completed_at, timestamp("now"))),
@@ -866,7 +874,7 @@ def _reopened(plan: FromClause) -> UpdateBase:
             plan.c.verdict == OK,
         )
         .values(
-            status=literal("todo"),
+            status=_TODO,
             completed=false(),
             completed_at=null(),
             version=TASKS.c.version + 1,

@@ -38,6 +38,7 @@ from sqlalchemy import (
     FromClause,
     Select,
     bindparam,
+    func,
     literal_column,
     select,
     true,
@@ -106,6 +107,11 @@ def _lock(dialect: str) -> Any:
 
 
 LOCK = {dialect: Query(_lock(dialect)) for dialect in ("postgresql", "sqlite")}
+# PostgreSQL, for the write's transaction only: plan a prepared write once. Planning one
+# takes 4 to 10 ms; run, it takes about 1. Left to choose, PostgreSQL keeps making a plan
+# for each call's values, which can drop the CASE branches those values rule out: its
+# estimate always beats the generic plan's, though the generic plan runs as fast.
+GENERIC_PLANS = Query(select(func.set_config("plan_cache_mode", "force_generic_plan", true())))
 
 
 def advance(plan: FromClause, *, tasks: Any = 0, lists: Any = 0) -> UpdateBase:
@@ -154,7 +160,8 @@ class Write:
         after = [then] if then is not None else []
         if dialect == "postgresql":
             statement, key = self._statement
-            rows = pipeline(conn, [(LOCK[dialect], params), (statement, params), *after], answer=1)
+            first = [(GENERIC_PLANS, {}), (LOCK[dialect], params)]
+            rows = pipeline(conn, [*first, (statement, params), *after], answer=2)
             plan = {name[5:]: value for name, value in rows[0].items() if name[:5] == "plan_"}
             found = [
                 {name: value for name, value in row.items() if name[:5] != "plan_"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import flask_smorest
 
+from ..schemas.lists import ListUpdateSchema
 from ..schemas.tasks import ONE_STATE, TaskCreateSchema, TaskUpdateSchema
 from . import changes  # noqa: F401  (the sync feed's route, on the tasks blueprint)
 from .base import ETAG_HEADER, USER_ID_PARAMETER
@@ -48,6 +49,7 @@ def register(api: flask_smorest.Api) -> None:
     api.spec.components.schema(
         "TaskUpdate", {"minProperties": 1, **ONE_STATE}, schema=TaskUpdateSchema
     )
+    api.spec.components.schema("ListUpdate", {"minProperties": 1}, schema=ListUpdateSchema)
     api.register_blueprint(tasks, parameters=[USER_ID_PARAMETER])
     api.register_blueprint(lists, parameters=[USER_ID_PARAMETER])
     api.register_blueprint(health)

@@ -28,6 +28,24 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 TOP_LEVEL_ID = "CASE WHEN parent_id IS NULL THEN id END"
+# The manual order's indexes: the inbox's top-level tasks, a list's, a task's subtasks.
+POSITION_INDEXES = [
+    (
+        "ix_tasks_inbox_position",
+        ["user_id", "position", "id"],
+        "parent_id IS NULL AND list_id IS NULL",
+    ),
+    (
+        "ix_tasks_user_id_list_id_position",
+        ["user_id", "list_id", "position", "id"],
+        "parent_id IS NULL AND list_id IS NOT NULL",
+    ),
+    (
+        "ix_tasks_user_id_parent_id_position",
+        ["user_id", "parent_id", "position", "id"],
+        "parent_id IS NOT NULL",
+    ),
+]
 # tasks_api/positions.py: the key of rank n (from 0) in a respaced group.
 _NTH = {
     "postgresql": "lpad((5000000000 + {n})::text, 10, '0')",
@@ -94,11 +112,11 @@ def upgrade() -> None:
             ["user_id", "parent_id"],
             ["user_id", "top_level_id"],
         )
-    for group, where in (("list_id", "parent_id IS NULL"), ("parent_id", "parent_id IS NOT NULL")):
+    for name, columns, where in POSITION_INDEXES:
         op.create_index(
-            f"ix_tasks_user_id_{group}_position",
+            name,
             "tasks",
-            ["user_id", group, "position", "id"],
+            columns,
             postgresql_where=sa.text(where),
             sqlite_where=sa.text(where),
         )
@@ -144,8 +162,8 @@ def downgrade() -> None:
     op.drop_index("ix_lists_user_id_change_position", table_name="lists")
     op.drop_index("ix_lists_user_id_position_id", table_name="lists")
     op.drop_table("lists")
-    for group in ("list_id", "parent_id"):
-        op.drop_index(f"ix_tasks_user_id_{group}_position", table_name="tasks")
+    for name, _, _ in POSITION_INDEXES:
+        op.drop_index(name, table_name="tasks")
     if dialect == "postgresql":
         op.drop_constraint("fk_tasks_user_id_parent_id_tasks", "tasks", type_="foreignkey")
         op.drop_constraint("uq_tasks_user_id_top_level_id", "tasks", type_="unique")
