@@ -22,12 +22,15 @@ from sqlalchemy.exc import DBAPIError
 from . import db, repository
 from .auth import Authenticator
 from .config import Settings, masked
+from .models import Base
 from .schemas.fields import USER_ID, USER_ID_RULE
 
 # A token is for trying the API by hand; a longer life is a mistake, not a use.
 MAX_TOKEN_LIFETIME = timedelta(days=365)
 _LIFETIME = re.compile(r"(\d{1,9})([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# The table every other one is co-located with when distributed by user.
+ANCHOR = "tasks"
 
 
 class CLIError(click.ClickException):
@@ -64,6 +67,30 @@ def upgrade_command(revision: str) -> None:
 def downgrade_command(revision: str) -> None:
     """Revert the database to REVISION: -1 for one step back, or base for empty."""
     _report_move(db.downgrade, revision)
+
+
+@db_cli.command("distribute")
+def distribute_command() -> None:
+    """Print the SQL that distributes every table by user on Citus (docs/distributed.md).
+
+    Made from the models: each table is distributed by the first column of its primary
+    key, user_id, and co-located with tasks, so a user's rows are on one shard.
+    """
+    click.echo(distribution_sql())
+
+
+def distribution_sql() -> str:
+    tables = sorted(Base.metadata.tables.values(), key=lambda t: (t.name != ANCHOR, t.name))
+    lines = [
+        "-- Made by `flask --app wsgi db distribute` from the models: run on the Citus",
+        "-- coordinator once, after `flask --app wsgi db upgrade`. alembic_version stays there.",
+        "CREATE EXTENSION IF NOT EXISTS citus;",
+    ]
+    for table in tables:
+        column = next(iter(table.primary_key.columns)).name
+        colocated = "" if table.name == ANCHOR else f", colocate_with => '{ANCHOR}'"
+        lines.append(f"SELECT create_distributed_table('{table.name}', '{column}'{colocated});")
+    return "\n".join(lines)
 
 
 @db_cli.command("revision")

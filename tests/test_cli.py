@@ -11,12 +11,14 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import jwt
 import pytest
 
 from tasks_api import db
+from tasks_api.models import Base
 from tests.support import (
     ADMIN_URL,
     ROOT,
@@ -153,3 +155,27 @@ def test_revision_writes_the_next_numbered_file_that_passes_ruff(tmp_path: Path)
             [str(ruff), *check, str(written)], cwd=project, capture_output=True, text=True
         )
         assert outcome.returncode == 0, outcome.stdout + outcome.stderr
+
+
+def test_db_distribute_prints_one_distribution_for_each_table_and_the_docs_show_it(
+    tmp_path: Path,
+) -> None:
+    result = flask("db", "distribute", instance=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.strip()
+    statements = re.findall(
+        r"create_distributed_table\('(\w+)', '(\w+)'(?:, colocate_with => '(\w+)')?\)", printed
+    )
+    # Every table of the models, distributed by user and co-located with the tasks.
+    assert sorted(name for name, _, _ in statements) == sorted(Base.metadata.tables)
+    assert {column for _, column, _ in statements} == {"user_id"}
+    assert statements[0] == ("tasks", "user_id", "")
+    assert {colocated for _, _, colocated in statements[1:]} == {"tasks"}
+    # docs/distributed.md shows that output as it is, and a row for every table.
+    page = (ROOT / "docs" / "distributed.md").read_text()
+    shown = re.search(r"```sql\n(   -- Made by.*?)   ```", page, re.S)
+    assert shown is not None
+    assert textwrap.dedent(shown[1]).strip() == printed
+    for table in Base.metadata.tables:
+        assert f"| `{table}` |" in page, table
