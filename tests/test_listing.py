@@ -1,4 +1,4 @@
-"""Lists: filters, search, every sort, keyset pages and their cursors."""
+"""Listing tasks: filters, search, every sort, keyset pages and their cursors."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from flask import Flask
 from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.engine import URL
 
-from tasks_api import create_app, db
+from tasks_api import create_app, db, sync
 from tasks_api.config import Settings
 from tasks_api.models import Base, compared_by_autogenerate
 from tests.support import (
@@ -79,7 +80,7 @@ def flask_db(app: Flask, *args: str) -> None:
 def schema_differences(conn: Connection) -> list[Any]:
     """What autogenerate sees between the models and the database: `flask db revision`'s
     own comparison (models.compared_by_autogenerate leaves out the indexes it cannot
-    compare; test_lists.py checks those)."""
+    compare; test_listing.py checks those)."""
     dialect = conn.dialect.name
     context = MigrationContext.configure(
         conn,
@@ -110,6 +111,7 @@ def test_migrations_match_the_models_and_downgrade_cleanly(fresh: tuple[Flask, U
                 "ix_tasks_user_id_priority_asc",
                 "ix_tasks_user_id_priority_desc",
                 "ix_tasks_user_id_change_position",
+                "ix_tasks_inbox_position",
                 "ix_tasks_user_id_list_id_position",
                 "ix_tasks_user_id_parent_id_position",
                 "ix_task_tombstones_deleted_at",
@@ -268,3 +270,92 @@ def test_tasks_from_before_0006_each_get_a_position_and_sync_once(
     after = client.get(f"/api/alice/tasks/changes?since={rest['next']}").get_json()
     assert [t["title"] for t in after["changes"]] == ["new"]
     served.extensions["tasks_api.engine"].dispose()
+
+
+def test_0007_puts_tasks_from_before_in_their_inbox_in_creation_order(
+    fresh: tuple[Flask, URL], tmp_path: Path
+) -> None:
+    app, url = fresh
+    engine = create_engine(url)
+    try:
+        flask_db(app, "downgrade" if url.get_backend_name() == "sqlite" else "upgrade", "0006")
+        with engine.begin() as conn:
+            for n, user in enumerate(["alice", "bob", "alice", "alice"]):
+                conn.execute(
+                    text(
+                        "INSERT INTO tasks (id, user_id, title, completed, created_at,"
+                        " updated_at, version, change_position)"
+                        " VALUES (:id, :user, :title, false, :at, :at, 1, :n)"
+                    ),
+                    {
+                        "id": uuid.UUID(int=20 + n).hex,
+                        "user": user,
+                        "title": f"{user} {n}",
+                        "at": datetime(2026, 1, 1 + n, tzinfo=UTC),
+                        "n": n + 1,
+                    },
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO sync_positions (user_id, position) VALUES ('alice', 4), ('bob', 2)"
+                )
+            )
+        flask_db(app, "upgrade")
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT title, position, list_id, parent_id FROM tasks ORDER BY title")
+            ).all()
+            counters = conn.execute(
+                text("SELECT user_id, tasks, lists FROM sync_positions ORDER BY user_id")
+            ).all()
+        assert [tuple(row) for row in rows] == [
+            ("alice 0", "5000000000", None, None),
+            ("alice 2", "5000000001", None, None),
+            ("alice 3", "5000000002", None, None),
+            ("bob 1", "5000000000", None, None),
+        ]
+        assert [tuple(row) for row in counters] == [("alice", 3, 0), ("bob", 1, 0)]
+    finally:
+        engine.dispose()
+    served = serve(url, tmp_path)
+    client = served.test_client()
+    with served.app_context():  # a client that had synced everything before the upgrade
+        token = sync.issue("alice", sync.Since(4, 4, int(time.time())))
+    # It gets each of its tasks once more, with the new fields; versions are unchanged.
+    again = client.get(f"/api/alice/tasks/changes?since={token}").get_json()
+    assert sorted(task["title"] for task in again["changes"]) == ["alice 0", "alice 2", "alice 3"]
+    assert {task["version"] for task in again["changes"]} == {1}
+    made = client.post("/api/alice/tasks", json={"title": "new"}).get_json()
+    assert made["position"] == "5000000003"  # last, after them
+    order = client.get("/api/alice/tasks?list=inbox&sort=position").get_json()
+    assert [task["title"] for task in order] == ["alice 0", "alice 2", "alice 3", "new"]
+    served.extensions["tasks_api.engine"].dispose()
+
+
+@pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")
+def test_0007_downgrades_keeping_every_task_as_a_top_level_inbox_task(
+    fresh: tuple[Flask, URL], tmp_path: Path
+) -> None:
+    app, url = fresh
+    flask_db(app, "upgrade")
+    served = serve(url, tmp_path)
+    client = served.test_client()
+    made = client.post("/api/alice/lists", json={"title": "L"}).get_json()
+    parent = client.post("/api/alice/tasks", json={"title": "p", "list_id": made["id"]})
+    client.post("/api/alice/tasks", json={"title": "s", "parent_id": parent.get_json()["id"]})
+    client.post("/api/alice/lists", json={"title": "K"}, headers={"Idempotency-Key": "k"})
+    served.extensions["tasks_api.engine"].dispose()
+
+    flask_db(app, "downgrade", "0006")
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert sorted(conn.execute(text("SELECT title FROM tasks")).scalars()) == ["p", "s"]
+            assert "lists" not in inspect(conn).get_table_names()
+            columns = {c["name"] for c in inspect(conn).get_columns("tasks")}
+            assert not columns & {"list_id", "parent_id", "position", "top_level_id"}
+            assert conn.execute(text("SELECT count(*) FROM idempotency_keys")).scalar() == 0
+    finally:
+        engine.dispose()
+    flask_db(app, "upgrade")  # and up again, with the tasks there

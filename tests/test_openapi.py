@@ -117,7 +117,8 @@ def test_errors_are_problem_json_and_headers_are_documented(spec: dict[str, Any]
             for code, ref in op["responses"].items():
                 response = resolve(spec, ref)
                 assert "X-Request-ID" in response["headers"], (op["operationId"], code)
-                if int(code) in (200, 201) and path.startswith("/api/") and "{task_id}" in path:
+                one = "{task_id}" in path or "{list_id}" in path
+                if int(code) in (200, 201) and path.startswith("/api/") and one:
                     assert "ETag" in response["headers"], (op["operationId"], code)
                 if int(code) >= 400:
                     assert list(response["content"]) == ["application/problem+json"]
@@ -125,9 +126,10 @@ def test_errors_are_problem_json_and_headers_are_documented(spec: dict[str, Any]
                     assert schema == {"$ref": "#/components/schemas/Problem"}
                 if int(code) == 503:
                     assert "Retry-After" in response["headers"]
-    created = spec["paths"]["/api/{user_id}/tasks"]["post"]["responses"]["201"]
-    assert created["headers"]["Location"]["required"] is True
-    assert "ETag" in created["headers"]
+    for resource in ("tasks", "lists"):
+        created = spec["paths"][f"/api/{{user_id}}/{resource}"]["post"]["responses"]["201"]
+        assert created["headers"]["Location"]["required"] is True
+        assert {"ETag", "Idempotent-Replayed"} <= set(created["headers"])
 
 
 def test_conditional_and_idempotency_headers_are_documented(spec: dict[str, Any]) -> None:
@@ -290,3 +292,36 @@ def test_the_planning_fields_are_typed_for_generated_clients(spec: dict[str, Any
     assert {"due_date", "-due_date", "priority", "-priority"} <= set(
         params["sort"]["schema"]["enum"]
     )
+
+
+def test_lists_and_places_are_typed_for_generated_clients(spec: dict[str, Any]) -> None:
+    schemas = spec["components"]["schemas"]
+    listed = schemas["List"]
+    assert list(listed["properties"]) == [
+        "id",
+        "title",
+        "position",
+        "open_tasks",
+        "created_at",
+        "updated_at",
+        "version",
+    ]
+    assert set(listed["required"]) == set(listed["properties"])
+    assert schemas["ListCreate"]["required"] == ["title"]
+    assert schemas["ListCreate"]["properties"]["title"]["maxLength"] == 200
+    for name in ("Task", "TaskCreate", "TaskUpdate"):
+        props = schemas[name]["properties"]
+        for field in ("list_id", "parent_id"):
+            assert props[field]["type"] == ["string", "null"], (name, field)
+            assert props[field]["format"] == "uuid", (name, field)
+    assert schemas["Task"]["properties"]["position"]["type"] == "string"
+    assert "position" not in schemas["TaskCreate"]["properties"]
+    move = schemas["TaskMove"]["properties"]
+    assert set(move) == {"after", "before", "list_id", "parent_id"}
+    assert move["after"]["type"] == ["string", "null"] and move["before"]["type"] == "string"
+    changes = schemas["Changes"]
+    assert {"lists", "deleted_lists"} <= set(changes["required"])
+    params = {p["name"]: p for p in spec["paths"]["/api/{user_id}/tasks"]["get"]["parameters"]}
+    assert "position" in params["sort"]["schema"]["enum"]
+    assert re.fullmatch(params["list"]["schema"]["pattern"], "inbox")
+    assert re.fullmatch(params["parent"]["schema"]["pattern"], "none")

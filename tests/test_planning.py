@@ -16,7 +16,7 @@ from sqlalchemy import NullPool, create_engine, update
 from tasks_api.models import TASKS
 from tasks_api.repository import tasks as repository
 from tests.support import assert_problem
-from tests.test_lists import create, next_url, walk
+from tests.test_listing import create, next_url, walk
 
 NEW_SORTS = ["due_date", "-due_date", "priority", "-priority"]
 RANK = {"low": 1, "medium": 2, "high": 3, "urgent": 4}

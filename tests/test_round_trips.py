@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from flask import Flask
 from sqlalchemy import text
@@ -189,3 +190,77 @@ def test_the_counter_counts(counted_app: Flask, proxy: tuple[RoundTripCounter, U
         conn.execute(text("SELECT 1"))
         conn.execute(text("SELECT 2"))
         assert counter.count() - before == 2
+
+
+def test_lists_subtasks_and_moves_take_one_round_trip(
+    trips: Counter, made: Callable[[str], str], counted_app: Flask, postgres_url: URL
+) -> None:
+    user = f"user-{uuid.uuid4().hex}"
+    client = counted_app.test_client()
+    lists, tasks = f"/api/{user}/lists", f"/api/{user}/tasks"
+    list_url = client.post(lists, json={"title": "L"}).headers["Location"]
+    list_id = list_url.rsplit("/", 1)[1]
+    parent = client.post(tasks, json={"title": "P", "list_id": list_id}).get_json()["id"]
+    task_url = made(user)
+
+    assert trips("POST", lists, json={"title": "more"}) == 1
+    assert trips("GET", lists) == 1
+    assert trips("GET", list_url) == 1
+    assert trips("PUT", list_url, json={"title": "renamed"}) == 1
+    assert trips("POST", f"{list_url}/move", json={"after": None}) == 1
+    assert trips("POST", tasks, json={"title": "in a list", "list_id": list_id}) == 1
+    assert trips("POST", tasks, json={"title": "step", "parent_id": parent}) == 1
+    assert trips("POST", f"{task_url}/move", json={"after": None}) == 1
+    assert trips("POST", f"{task_url}/move", json={"list_id": list_id}) == 1
+    assert trips("GET", f"{tasks}?list={list_id}&sort=position&limit=5") == 1
+    assert trips("GET", f"{tasks}?parent={parent}&sort=position") == 1
+    # Cascades: completing a parent with its subtasks, moving it with them, deleting it.
+    assert trips("PATCH", f"{tasks}/{parent}/complete") == 1
+    other = client.post(lists, json={"title": "M"}).get_json()["id"]
+    assert trips("PUT", f"{tasks}/{parent}", json={"list_id": other}) == 1
+
+    def family() -> tuple[str, dict[str, Any]]:
+        top = client.post(tasks, json={"title": "top"}).get_json()["id"]
+        for _ in range(3):
+            client.post(tasks, json={"title": "below", "parent_id": top})
+        return f"{tasks}/{top}", {}
+
+    assert trips("DELETE", family) == 1
+
+    def full_list() -> tuple[str, dict[str, Any]]:
+        url = client.post(lists, json={"title": "full"}).headers["Location"]
+        for _ in range(3):
+            client.post(tasks, json={"title": "t", "list_id": url.rsplit("/", 1)[1]})
+        return url, {}
+
+    assert trips("DELETE", full_list) == 1
+
+    def keyed() -> tuple[str, dict[str, Any]]:
+        return lists, {"json": {"title": "once"}, "headers": {"Idempotency-Key": uuid.uuid4().hex}}
+
+    assert trips("POST", keyed) == 2
+
+
+def test_a_move_that_respaces_its_group_takes_one_round_trip(
+    counted_app: Flask, proxy: tuple[RoundTripCounter, URL], postgres_url: URL
+) -> None:
+    counter, _ = proxy
+    user = f"user-{uuid.uuid4().hex}"
+    client = counted_app.test_client()
+    tasks = f"/api/{user}/tasks"
+    ids = [client.post(tasks, json={"title": f"t{n}"}).get_json()["id"] for n in range(30)]
+    with psycopg.connect(postgres_url.render_as_string(False), autocommit=True) as conn:
+        for n, task_id in enumerate(ids[:2]):  # no key fits between these two
+            conn.execute(
+                "UPDATE tasks SET position = %s WHERE user_id = %s AND id = %s",
+                ["5000000000" + "4" * 53 + str(n + 1), user, task_id],
+            )
+    for _ in range(WARM_UP):  # the statement, prepared
+        client.post(f"{tasks}/{ids[5]}/move", json={"after": ids[3]})
+        client.post(f"{tasks}/{ids[5]}/move", json={"after": ids[4]})
+    before = counter.count()
+    response = client.post(f"{tasks}/{ids[29]}/move", json={"after": ids[0]})
+    assert response.status_code == 200
+    assert counter.count() - before == 1
+    versions = [task["version"] for task in client.get(f"{tasks}?limit=100").get_json()]
+    assert sum(version > 1 for version in versions) > 20  # the group was respaced

@@ -26,6 +26,7 @@ class Replica:
     def __init__(self, client: FlaskClient, tasks_url: str) -> None:
         self.client, self.url = client, f"{tasks_url}/changes"
         self.tasks: dict[str, dict[str, Any]] = {}
+        self.lists: dict[str, dict[str, Any]] = {}
         self.token: str | None = None
         self.answers: list[dict[str, Any]] = []
 
@@ -35,11 +36,16 @@ class Replica:
         assert response.status_code == 200, response.get_json()
         answer: dict[str, Any] = response.get_json()
         ids = [task["id"] for task in answer["changes"]] + answer["deleted"]
+        ids += [item["id"] for item in answer["lists"]] + answer["deleted_lists"]
         assert len(ids) == len(set(ids)), "an id came twice in one answer"
         for task in answer["changes"]:
             self.tasks[task["id"]] = task
         for task_id in answer["deleted"]:
             self.tasks.pop(task_id, None)
+        for item in answer["lists"]:
+            self.lists[item["id"]] = item
+        for list_id in answer["deleted_lists"]:
+            self.lists.pop(list_id, None)
         self.token = answer["next"]
         self.answers.append(answer)
         return answer
@@ -187,6 +193,89 @@ def test_a_delete_during_the_first_pass_is_sent_one_before_is_not(
     assert replica.tasks[made[1]["id"]]["title"] == "changed"
 
 
+def versions(items: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {item_id: item["version"] for item_id, item in items.items()}
+
+
+def test_lists_travel_in_the_same_feed(client: FlaskClient, tasks_url: str) -> None:
+    lists_url = tasks_url.removesuffix("/tasks") + "/lists"
+    home = client.post(lists_url, json={"title": "Home"}).get_json()
+    work = client.post(lists_url, json={"title": "Work"}).get_json()
+    create(client, tasks_url, "in home", list_id=home["id"])
+    replica = Replica(client, tasks_url)
+    first = replica.sync()
+    assert sorted(item["title"] for a in first for item in a["lists"]) == ["Home", "Work"]
+
+    client.put(f"{lists_url}/{home['id']}", json={"title": "House"})
+    client.post(f"{lists_url}/{work['id']}/move", json={"after": None})
+    brief = client.post(lists_url, json={"title": "Brief"}).get_json()
+    client.delete(f"{lists_url}/{brief['id']}")
+    answers = replica.sync()
+
+    sent = [item for answer in answers for item in answer["lists"]]
+    assert {item["id"]: (item["title"], item["version"]) for item in sent} == {
+        home["id"]: ("House", 2),
+        work["id"]: ("Work", 2),
+    }
+    assert [i for answer in answers for i in answer["deleted_lists"]] == [brief["id"]]
+    fresh = {item["id"]: item for item in client.get(lists_url).get_json()}
+    assert versions(replica.lists) == versions(fresh)
+    assert replica.lists[home["id"]]["open_tasks"] == 1
+
+
+def test_a_deleted_list_and_its_tasks_are_all_reported_deleted(
+    client: FlaskClient, tasks_url: str
+) -> None:
+    lists_url = tasks_url.removesuffix("/tasks") + "/lists"
+    doomed = client.post(lists_url, json={"title": "Doomed"}).get_json()
+    parent = create(client, tasks_url, "parent", list_id=doomed["id"])
+    step = create(client, tasks_url, "step", parent_id=parent["id"])
+    loose = create(client, tasks_url, "loose", list_id=doomed["id"])
+    kept = create(client, tasks_url, "kept")
+    replica = Replica(client, tasks_url)
+    replica.sync()
+
+    client.delete(f"{lists_url}/{doomed['id']}")
+    answers = replica.sync(limit=2)  # several pages: every id once, none lost
+
+    assert sorted(deleted(answers)) == sorted(t["id"] for t in (parent, step, loose))
+    assert [i for answer in answers for i in answer["deleted_lists"]] == [doomed["id"]]
+    assert (list(replica.tasks), replica.lists) == ([kept["id"]], {})
+
+
+def test_once_complete_every_task_held_is_in_a_list_held(
+    client: FlaskClient, tasks_url: str
+) -> None:
+    lists_url = tasks_url.removesuffix("/tasks") + "/lists"
+    replica = Replica(client, tasks_url)
+    for n in range(3):
+        made = client.post(lists_url, json={"title": f"list {n}"}).get_json()
+        create(client, tasks_url, f"task {n}", list_id=made["id"])
+        replica.sync(limit=1)
+        held = {task["list_id"] for task in replica.tasks.values()} - {None}
+        assert held <= set(replica.lists)
+    assert versions(replica.tasks) == versions(listed(client, tasks_url))
+
+
+def test_a_lists_open_tasks_in_the_feed_is_its_count_then(
+    client: FlaskClient, tasks_url: str
+) -> None:
+    lists_url = tasks_url.removesuffix("/tasks") + "/lists"
+    made = client.post(lists_url, json={"title": "Home"}).get_json()
+    replica = Replica(client, tasks_url)
+    create(client, tasks_url, "a", list_id=made["id"])
+    create(client, tasks_url, "b", list_id=made["id"])
+    replica.sync()
+    assert replica.lists[made["id"]]["open_tasks"] == 2
+
+    create(client, tasks_url, "c", list_id=made["id"])
+    answers = replica.sync()
+
+    # The count is derived: the list itself did not change, so it does not come again.
+    assert [a["lists"] for a in answers] == [[]]
+    assert client.get(f"{lists_url}/{made['id']}").get_json()["open_tasks"] == 3
+
+
 def test_limit_bounds_changes_and_deleted_together(client: FlaskClient, tasks_url: str) -> None:
     made = [create(client, tasks_url, f"task {n}") for n in range(4)]
     replica = Replica(client, tasks_url)
@@ -195,10 +284,20 @@ def test_limit_bounds_changes_and_deleted_together(client: FlaskClient, tasks_ur
         client.delete(f"{tasks_url}/{task['id']}")
     client.put(f"{tasks_url}/{made[3]['id']}", json={"title": "last"})
 
+    lists_url = tasks_url.removesuffix("/tasks") + "/lists"
+    gone = client.post(lists_url, json={"title": "gone"}).get_json()
+    client.delete(f"{lists_url}/{gone['id']}")
+    client.post(lists_url, json={"title": "kept"})
+
     answers = replica.sync(limit=2)
 
-    assert [len(a["changes"]) + len(a["deleted"]) for a in answers] == [2, 2]
+    entries = [
+        sum(len(a[name]) for name in ("changes", "deleted", "lists", "deleted_lists"))
+        for a in answers
+    ]
+    assert entries == [2, 2, 2]  # three deleted, one changed; a list gone, one new
     assert replica.tasks == listed(client, tasks_url)
+    assert [item["title"] for item in replica.lists.values()] == ["kept"]
 
 
 def token(app: Flask, user_id: str, *, position: int, age: timedelta) -> str:
