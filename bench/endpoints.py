@@ -127,19 +127,29 @@ def seed(url: str, work: Path, rounds: int) -> dict[str, Path]:
     per_run = 40_000
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET statement_timeout = 0")  # migration 0004's 5 s is for requests
+        # Each in its user's inbox, in creation order (tasks_api/positions.py's keys:
+        # ten digits, appending adds one), with a change position of its own.
         conn.execute(
             "INSERT INTO tasks (id, user_id, title, completed, created_at, updated_at, version,"
-            " change_position) SELECT gen_random_uuid(), 'user-' || (i % 500), 'Task ' || i,"
-            " false, now() - i * interval '1 second', now() - i * interval '1 second', 1, i"
+            " change_position, position) SELECT gen_random_uuid(), 'user-' || (i % 500),"
+            " 'Task ' || i, false, now() - i * interval '1 second',"
+            " now() - i * interval '1 second', 1, i, lpad((5000000000 - i)::text, 10, '0')"
             " FROM generate_series(1, 10000) AS i"
         )
         conn.execute(
             "INSERT INTO tasks (id, user_id, title, completed, created_at, updated_at, version,"
-            " change_position) SELECT gen_random_uuid(), 'doomed-' || (i %% 2000), 'Doomed ' || i,"
-            " false, now(), now(), 1, i FROM generate_series(1, %s) AS i",
+            " change_position, position) SELECT gen_random_uuid(), 'doomed-' || (i %% 2000),"
+            " 'Doomed ' || i, false, now(), now(), 1, i, lpad((5000000000 + i)::text, 10, '0')"
+            " FROM generate_series(1, %s) AS i",
             [per_run * rounds * len(KINDS)],
         )
-        conn.execute("VACUUM ANALYZE tasks")
+        # Each user's change counter and task count, as the app keeps them: a delete takes
+        # one off the count, which may not go below 0.
+        conn.execute(
+            "INSERT INTO sync_positions (user_id, position, tasks)"
+            " SELECT user_id, max(change_position), count(*) FROM tasks GROUP BY user_id"
+        )
+        conn.execute("VACUUM ANALYZE")
         rows = conn.execute("SELECT user_id, id FROM tasks ORDER BY user_id, id").fetchall()
     tokens: dict[str, str] = {}
     hot, doomed = [], []
@@ -389,17 +399,29 @@ class Proxy:
         state = {"client_spoke": False}
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upward: bool) -> None:
+            # Each chunk leaves `delay` after it came, as on a network: a reader and a
+            # writer, so that a chunk right behind another is not delayed twice (a
+            # pipelined write is answered in more than one chunk).
+            queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+            async def send() -> None:
+                while (item := await queue.get())[1]:
+                    due, data = item
+                    await asyncio.sleep(max(0.0, due - self.loop.time()))
+                    dst.write(data)
+                    await dst.drain()
+                dst.close()
+
+            sender = asyncio.ensure_future(send())
             while data := await src.read(65536):
-                if self.delay:
-                    await asyncio.sleep(self.delay)
                 if upward:
                     state["client_spoke"] = True
                 elif state["client_spoke"]:
                     state["client_spoke"] = False
                     self.trips[number] += 1
-                dst.write(data)
-                await dst.drain()
-            dst.close()
+                queue.put_nowait((self.loop.time() + self.delay, data))
+            queue.put_nowait((0.0, b""))
+            await sender
 
         try:
             await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))

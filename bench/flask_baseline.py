@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from bench.baseline import COLUMNS, _json, _pool
+from bench.baseline import COLUMNS, CREATE, _json, _pool
 
 app = Flask(__name__)
 
@@ -44,10 +44,8 @@ def create_task(user_id: str) -> Response:
     now = datetime.now(UTC)
     with _pool().connection() as conn:
         row = conn.execute(
-            f"INSERT INTO tasks ({COLUMNS}, change_position)"
-            " VALUES (%s, %s, %s, %s, false, 'todo', 'medium', NULL, '{}', NULL, %s, %s, 1, 0)"
-            f" RETURNING {COLUMNS}",
-            [uuid.uuid4(), user_id, body["title"], body.get("description"), now, now],
+            CREATE,
+            [uuid.uuid4(), user_id, body["title"], body.get("description"), user_id, now, now],
         ).fetchone()
     return _respond(row, 201)
 

@@ -4,8 +4,9 @@
 
 Seeds a scratch PostgreSQL database with 1,000,000 tasks (one user with 100,000, one
 with 20, the rest in lists of 20) with generate_series, starts the app under gunicorn
-(2 workers), and times GET /api/{user}/tasks?limit=20 for every sort and for the `tag`
-filter (alone and with a due-date sort): the first page of the 20-task user, the first
+(2 workers), and times GET /api/{user}/tasks?limit=20 for every sort (the manual order
+`position` in the inbox, `list=inbox`, where every task is) and for the `tag` filter
+(alone and with a due-date sort): the first page of the 20-task user, the first
 page of the 100k-task user, and the 100k-task user's page 100 pages deep (row 2,001).
 Tasks spread over every status and priority, six in seven have a due date, and one in
 ten carries the tags Work and home (every one of the 20-task user's does, so its
@@ -44,8 +45,10 @@ from tasks_api.schemas.tasks import SORTS  # noqa: E402
 ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATABASE = "tasks_api_bench"
 PORT = 8700
-# Each scenario's query string: every sort, then the tag filter.
-QUERIES = [f"sort={sort}" for sort in SORTS] + ["tag=work", "tag=work&sort=due_date"]
+# Each scenario's query string: every sort, then the tag filter. The manual order is a
+# group's: every task here is in its user's inbox.
+QUERIES = [f"sort={sort}" + ("&list=inbox" if sort == "position" else "") for sort in SORTS]
+QUERIES += ["tag=work", "tag=work&sort=due_date"]
 HEAVY, LIGHT = "heavy-user", "light-user"
 PAGE = 20
 DEPTH = 100
@@ -53,7 +56,7 @@ DEPTH = 100
 SEED = """
 INSERT INTO tasks (id, user_id, title, description, completed, status, priority, due_date,
                    tags, tag_keys, completed_at, created_at, updated_at, version,
-                   change_position)
+                   change_position, position)
 SELECT gen_random_uuid(), {user}, 'Task ' || md5(i::text),
        CASE WHEN i % 4 = 0 THEN 'Notes for task ' || i END,
        i % 3 = 0, (ARRAY['done', 'todo', 'in_progress'])[1 + i % 3],
@@ -62,7 +65,7 @@ SELECT gen_random_uuid(), {user}, 'Task ' || md5(i::text),
        CASE WHEN {tagged} THEN ARRAY['Work', 'home'] ELSE '{{}}' END,
        CASE WHEN {tagged} THEN ARRAY['work', 'home'] ELSE '{{}}' END,
        CASE WHEN i % 3 = 0 THEN ts + interval '1 hour' END,
-       ts, ts + (i % 997) * interval '1 second', 1, i
+       ts, ts + (i % 997) * interval '1 second', 1, i, lpad((5000000000 + i)::text, 10, '0')
 FROM (SELECT i, timestamptz '2025-01-01 00:00:00+00' + i * interval '7 seconds' AS ts
       FROM generate_series(1, {count}) AS i) AS s
 """

@@ -138,7 +138,10 @@ def seed(url: str, kind: str, work: Path, rounds: int) -> dict[str, Path]:
     """500 users with 20 tasks each to change, and tasks to delete (a slice per round);
     with tracking, the two sync users too. Positions as the app would have left them."""
     tracked = kind == "with"
-    position = ", change_position" if tracked else ""
+    # With tracking (this tree, migration 0007 on): each task's manual-order key in its
+    # user's inbox too (tasks_api/positions.py: ten digits, oldest first).
+    position = ", change_position, position" if tracked else ""
+    key = ", i / 500 + 1, lpad((5000000000 - i / 500)::text, 10, '0')" if tracked else ""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET statement_timeout = 0")  # migration 0004's 5 s is for requests
         total = 10_000 + PER_DELETE_RUN * rounds
@@ -147,20 +150,22 @@ def seed(url: str, kind: str, work: Path, rounds: int) -> dict[str, Path]:
             f"{position}) SELECT gen_random_uuid(),"
             " CASE WHEN i <= 10000 THEN 'user-' ELSE 'doomed-' END || (i %% 500), 'Task ' || i,"
             " false, now() - i * interval '1 second', now() - i * interval '1 second', 1"
-            f"{', i / 500 + 1' if tracked else ''} FROM generate_series(0, %s - 1) AS i",
+            f"{key} FROM generate_series(0, %s - 1) AS i",
             [total],
         )
         if tracked:
             for user, count in (HEAVY, LIGHT):
                 conn.execute(
                     "INSERT INTO tasks (id, user_id, title, completed, created_at, updated_at,"
-                    " version, change_position) SELECT gen_random_uuid(), %s, 'Task ' || i,"
-                    " false, now(), now(), 1, i FROM generate_series(1, %s) AS i",
+                    " version, change_position, position) SELECT gen_random_uuid(), %s,"
+                    " 'Task ' || i, false, now(), now(), 1, i,"
+                    " lpad((5000000000 + i)::text, 10, '0') FROM generate_series(1, %s) AS i",
                     [user, count],
                 )
+            # Each user's change counter, and task count (a delete takes one off it).
             conn.execute(
-                "INSERT INTO sync_positions (user_id, position)"
-                " SELECT user_id, max(change_position) FROM tasks GROUP BY user_id"
+                "INSERT INTO sync_positions (user_id, position, tasks)"
+                " SELECT user_id, max(change_position), count(*) FROM tasks GROUP BY user_id"
             )
         conn.execute("VACUUM ANALYZE")
         rows = conn.execute(
