@@ -47,6 +47,7 @@ from .writes import (
     if_match_params,
     matches,
     now,
+    only_if,
     owner,
     stage,
     timestamp,
@@ -208,7 +209,12 @@ def _respaced(plan: FromClause, *, moving: Any, first: Any) -> UpdateBase:
     key = position_nth(ranked.c.rank + case((ranked.c.rank >= plan.c.slot, 1), else_=0))
     return (
         update(LISTS)
-        .where(LISTS.c.user_id == owner(), LISTS.c.id == ranked.c.id, LISTS.c.position != key)
+        .where(
+            LISTS.c.user_id == owner(),
+            LISTS.c.id == ranked.c.id,
+            LISTS.c.position != key,
+            only_if(plan, plan.c.respace),
+        )
         .values(
             position=key,
             version=LISTS.c.version + 1,

@@ -65,6 +65,7 @@ from .writes import (
     if_match_params,
     matches,
     now,
+    only_if,
     owner,
     stage,
     timestamp,
@@ -528,7 +529,12 @@ def _respaced(plan: FromClause, *, task: Any, first: Any) -> UpdateBase:
     key = position_nth(ranked.c.rank + case((ranked.c.rank >= plan.c.slot, 1), else_=0))
     return (
         update(TASKS)
-        .where(TASKS.c.user_id == owner(), TASKS.c.id == ranked.c.id, TASKS.c.position != key)
+        .where(
+            TASKS.c.user_id == owner(),
+            TASKS.c.id == ranked.c.id,
+            TASKS.c.position != key,
+            only_if(plan, plan.c.respace),
+        )
         .values(
             position=key,
             version=TASKS.c.version + 1,
@@ -847,7 +853,11 @@ def _below(plan: FromClause) -> UpdateBase:
     completes = plan.c.completes
     return (
         update(TASKS)
-        .where(TASKS.c.user_id == owner(), TASKS.c.id == numbered.c.id)
+        .where(
+            TASKS.c.user_id == owner(),
+            TASKS.c.id == numbered.c.id,
+            only_if(plan, plan.c.below > 0),
+        )
         .values(
             list_id=plan.c.list_id,
             status=case((completes, _DONE), else_=TASKS.c.status),

@@ -38,6 +38,7 @@ from sqlalchemy import (
     FromClause,
     Select,
     bindparam,
+    exists,
     func,
     literal_column,
     select,
@@ -71,6 +72,13 @@ def stage(query: Select[Any], name: str) -> CTE:
     CTE used once), each stage's expressions would be copied into every expression that
     uses them, and the next stage's into those: planning a move took 375 ms."""
     return query.cte(name).prefix_with("MATERIALIZED")
+
+
+def only_if(plan: FromClause, condition: ColumnElement[bool]) -> ColumnElement[bool]:
+    """`condition` on the plan's row, as an uncorrelated EXISTS: the database decides it
+    once, before it reads any row of the step (a step that ranks a whole group, joined to
+    the plan, was otherwise ranked again for each row when the planner had no statistics)."""
+    return exists(select(plan.c.verdict).where(condition))
 
 
 def owner() -> ColumnElement[str]:
