@@ -9,15 +9,24 @@ trailing zeros compare digit by digit.
 
 Why numbers rather than base-62 fractional-index strings: the arithmetic is exact and
 short in SQL (PostgreSQL's `numeric`), so a move computes its key in the same statement
-that reads its neighbours, under the user's lock, in one round trip. The first task of a
-group is 5000000000; appending takes the next integer, prepending the previous one, so
-neither ever lengthens a key (five billion of each fit). Only a move between two
-neighbours takes a fraction: the shortest decimal strictly between them, near their
-midpoint, one digit longer at most and usually none. 54 fraction digits remain before
-the 64-character limit: about 180 moves into the very same gap. Past that (or past
-either end of the range) the group is respaced: its members get consecutive integers
-again, in their order, and each changed key is a changed task (a new version, in the
-sync feed).
+that reads its neighbours, under the user's lock, in one round trip.
+
+- Appending (a new task, or one moved last or to a new place) needs no neighbour: its key
+  is `nth(p)`, 5000000000 + p, where p is the change position the write gives it (the
+  user's change counter, tasks_api/sync.py). Every key a user's rows ever got is at most
+  `nth(counter then)`: appended ones by construction; a group's first one and a
+  respaced group's are `nth(rank)`, and a group never has more members than its user has
+  had writes; the others fall between two keys, or below one. The counter only grows, so
+  an appended key is above every sibling's. So a create reads no other row, and one
+  statement can make it.
+- Prepending takes the integer below the first key (five billion fit), so it never
+  lengthens a key either.
+- Only a move between two neighbours takes a fraction: the shortest decimal strictly
+  between them, near their midpoint, one digit longer at most and usually none. 54
+  fraction digits remain before the 64-character limit: over 200 moves into the very same
+  gap. Past that (or past either end of the range) the group is respaced: its members get
+  `nth(0)`, `nth(1)`, ... in their order, and each changed key is a changed task (a new
+  version, in the sync feed).
 
 The same algorithm twice: `between` here (SQLite calls it as a registered SQL function)
 and `position_between` compiled to SQL for PostgreSQL; tests/test_positions.py holds the
@@ -58,16 +67,17 @@ def render(value: Decimal) -> str | None:
     return key if len(key) <= MAX_LENGTH else None
 
 
-def nth(rank: int) -> str:
-    """The key a respaced group gives its member of this rank (0: first)."""
-    return str(FIRST + rank).zfill(DIGITS)
+def nth(number: int) -> str | None:
+    """The key 5000000000 + `number`: a respaced group's member of that rank, or a task
+    appended with that change position; None past the range."""
+    return str(FIRST + number).zfill(DIGITS) if FIRST + number < CEILING else None
 
 
 def between(before: str | None, after: str | None) -> str | None:
     """A key strictly between two neighbours' keys (None: that end is open), or None
     when there is none short enough: the group must be respaced."""
     if before is None and after is None:
-        return nth(0)
+        return str(FIRST)
     with decimal.localcontext(_EXACT):
         if after is None:
             return render(parse(before).to_integral_value(decimal.ROUND_FLOOR) + 1)  # type: ignore[arg-type]
@@ -107,7 +117,7 @@ class position_between(FunctionElement[str]):
 
 
 class position_nth(FunctionElement[str]):
-    """SQL for `nth(rank)`: the key of a respaced group's member of this rank."""
+    """SQL for `nth(number)`: 5000000000 + number as a key, NULL past the range."""
 
     type = String()
     inherit_cache = True
@@ -127,14 +137,18 @@ def _between_sqlite(element: position_between, compiler: SQLCompiler, **kw: Any)
 
 @compiles(position_nth, "sqlite")
 def _nth_sqlite(element: position_nth, compiler: SQLCompiler, **kw: Any) -> str:
-    rank = compiler.process(element.clauses, **kw)
-    return f"printf('%0{DIGITS}d', {FIRST} + {rank})"
+    number = compiler.process(element.clauses, **kw)
+    key = f"printf('%0{DIGITS}d', {FIRST} + {number})"
+    return f"(CASE WHEN {FIRST} + {number} < {CEILING} THEN {key} END)"
 
 
 @compiles(position_nth, "postgresql")
 def _nth_postgresql(element: position_nth, compiler: SQLCompiler, **kw: Any) -> str:
-    rank = compiler.process(element.clauses, **kw)
-    return f"lpad(({FIRST} + {rank})::text, {DIGITS}, '0')"
+    number = compiler.process(element.clauses, **kw)
+    return (
+        f"(CASE WHEN {FIRST} + {number} < {CEILING}"
+        f" THEN lpad(({FIRST} + {number})::text, {DIGITS}, '0') END)"
+    )
 
 
 # The PostgreSQL spelling of `between`: each step a nested select, so each value is

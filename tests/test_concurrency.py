@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg
+import pytest
 from flask import Flask
 
 TOGGLES = 24
+HOLD = "SELECT 1 FROM sync_positions WHERE user_id = %s FOR UPDATE"
+
+
+def connect(app: Flask) -> psycopg.Connection[Any]:
+    """A connection of its own to the app's database, outside the app's pool."""
+    url = app.extensions["tasks_api.engine"].url.set(drivername="postgresql")
+    return psycopg.connect(url.render_as_string(hide_password=False))
 
 
 def test_concurrent_toggles_each_apply(app: Flask, task_url: str, task: dict[str, Any]) -> None:
@@ -41,3 +51,74 @@ def test_concurrent_updates_of_different_fields_are_all_kept(
         True,
     )
     assert final["version"] == 4
+
+
+# A write that waits for the user's row behind another write must answer as that write left
+# things, not as they were when it arrived. The other write is played here by a transaction
+# that holds the row, as every write does, while it changes the task in SQL.
+WAITED_FOR = [
+    # (what the other write does, the waiting PUT's If-Match, its status, the ETag it reports)
+    ("DELETE FROM tasks WHERE id = %s", None, 404, None),
+    ("DELETE FROM tasks WHERE id = %s", '"1"', 404, None),
+    (CHANGED := "UPDATE tasks SET title = 'theirs', version = 2 WHERE id = %s", None, 200, '"3"'),
+    (CHANGED, '"1"', 412, '"2"'),
+    (CHANGED, '"2"', 200, '"3"'),
+]
+
+
+@pytest.mark.parametrize(("other", "if_match", "status", "etag"), WAITED_FOR)
+def test_a_put_that_waited_for_another_write_sees_what_it_did(
+    app: Flask,
+    backend: str,
+    task_url: str,
+    task: dict[str, Any],
+    user_id: str,
+    other: str,
+    if_match: str | None,
+    status: int,
+    etag: str | None,
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite runs one write at a time from its start: none waits midway")
+    headers = {"If-Match": if_match} if if_match else {}
+    with connect(app) as other_write:
+        other_write.execute(HOLD, [user_id])
+        other_write.execute(other, [task["id"]])
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(
+                app.test_client().put, task_url, json={"title": "mine"}, headers=headers
+            )
+            time.sleep(0.5)
+            assert not waiting.done()  # it waits for the user's row
+            other_write.commit()
+            response = waiting.result(timeout=30)
+
+    assert response.status_code == status
+    assert response.headers.get("ETag") == etag
+    if status == 200:
+        assert response.get_json()["title"] == "mine"
+
+
+def test_a_create_that_waited_for_the_last_free_place_is_refused(
+    app: Flask, backend: str, tasks_url: str, user_id: str
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite runs one write at a time from its start: none waits midway")
+    client = app.test_client()
+    assert client.post(tasks_url, json={"title": "first"}).status_code == 201
+    with connect(app) as other_write:
+        other_write.execute(HOLD, [user_id])
+        # As a create of the user's 100,000th task would leave the row.
+        other_write.execute(
+            "UPDATE sync_positions SET tasks = 100000 WHERE user_id = %s", [user_id]
+        )
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(app.test_client().post, tasks_url, json={"title": "late"})
+            time.sleep(0.5)
+            assert not waiting.done()
+            other_write.commit()
+            response = waiting.result(timeout=30)
+
+    assert response.status_code == 409
+    assert "100,000 tasks" in response.get_json()["detail"]
+    assert [t["title"] for t in client.get(tasks_url).get_json()] == ["first"]

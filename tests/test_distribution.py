@@ -33,6 +33,8 @@ FACTORIES = {
     "tasks._create",
     "tasks._change",
     "tasks._delete",
+    "tasks._plain_update",
+    "tasks._inbox_create",
     "lists._change",
     "lists._delete",
     "keys._claim_query",
@@ -59,6 +61,8 @@ def statements() -> Iterator[tuple[str, Any, list[str]]]:
             values = value.items() if isinstance(value, dict) else [(None, value)]
             for key, item in values:
                 dialects = [key] if key in DIALECTS else both
+                if name.endswith("_SQLITE"):  # a step of a write PostgreSQL runs as one
+                    dialects = ["sqlite"]
                 if isinstance(item, Query):
                     yield qualified, item.statement, dialects
                 elif isinstance(item, writes.Write):
@@ -77,6 +81,12 @@ def statements() -> Iterator[tuple[str, Any, list[str]]]:
                 query = tasks.list_query(dialect, sort, variant)
                 yield f"list {sort} {variant}", query.statement, [dialect]
         yield f"claim {dialect}", keys._claim_query(dialect).statement, [dialect]
+        yield f"inbox create {dialect}", tasks._inbox_create(dialect).statement, [dialect]
+        for if_match in (None, 0, 3):
+            for size in (1, 2, len(tasks.PLAIN)):
+                for fields in itertools.combinations(sorted(tasks.PLAIN), size):
+                    query = tasks._plain_update(dialect, fields, if_match)
+                    yield f"plain {fields} {if_match} {dialect}", query.statement, [dialect]
         for resource in keys.RESOURCES:
             yield f"record {resource}", keys._record(dialect, resource).statement, [dialect]
     places = [
@@ -96,7 +106,7 @@ def statements() -> Iterator[tuple[str, Any, list[str]]]:
             names = {*fields, *(["completed"] if "status" in fields else [])}
             change = tasks._change(tuple(sorted(names)), False, None, Place())
             yield from written(f"update {sorted(names)}", change)
-    for if_match in (None, 0, 3):  # type: ignore[assignment]
+    for if_match in (None, 0, 3):
         yield from written(f"toggle {if_match}", tasks._change((), True, if_match, Place()))
         yield from written(f"delete task {if_match}", tasks._delete(if_match))
         yield from written(f"delete list {if_match}", lists._delete(if_match))

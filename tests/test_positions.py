@@ -203,25 +203,19 @@ def test_paging_by_position_while_others_move_sees_each_unmoved_task_once(
 
 
 def test_respacing_makes_room_bumps_only_the_changed_tasks_and_feeds_them(
-    app: Flask, client: FlaskClient, tasks_url: str, user_id: str
+    app: Flask, backend: str, client: FlaskClient, tasks_url: str, user_id: str
 ) -> None:
     tasks = [make_task(client, tasks_url, f"t{n}") for n in range(6)]
-    # Two neighbours with keys at the length limit, one digit apart: no key fits between.
-    crowded = {
-        tasks[1]["id"]: "5000000000" + "4" * 53 + "1",
-        tasks[2]["id"]: "5000000000" + "4" * 53 + "2",
-    }
+    # t1 and t2 get keys at the length limit, one digit apart and above t0's: no key fits
+    # between them.
+    crowded = [tasks[0]["position"] + "4" * 53 + digit for digit in "12"]
+    assert all(len(key) == MAX_LENGTH for key in crowded)
     with app.extensions["tasks_api.engine"].connect() as conn:
-        for task_id, key in crowded.items():
+        for task, key in zip(tasks[1:3], crowded, strict=True):
+            task_id = uuid.UUID(task["id"])
             conn.execute(
                 text("UPDATE tasks SET position = :key WHERE user_id = :u AND id = :id"),
-                {
-                    "key": key,
-                    "u": user_id,
-                    "id": uuid.UUID(task_id).hex
-                    if app.config["TEST_BACKEND"] == "sqlite"
-                    else uuid.UUID(task_id),
-                },
+                {"key": key, "u": user_id, "id": task_id.hex if backend == "sqlite" else task_id},
             )
     since = client.get(f"{tasks_url}/changes").get_json()["next"]
 
@@ -242,15 +236,27 @@ def test_respacing_makes_room_bumps_only_the_changed_tasks_and_feeds_them(
     }
     assert [listed[f"t{n}"]["position"] for n in (0, 1, 5, 2, 3, 4)] == [nth(n) for n in range(6)]
     changed = client.get(f"{tasks_url}/changes?since={since}").get_json()["changes"]
-    # t0 kept its key (it already was the first's), so only the others changed.
+    # Ranks 0 to 5: t0's key, 5000000001, became 5000000000, t1's and t2's changed, t5
+    # moved; t3 and t4 had the keys of their ranks already, and are not rewritten.
     assert {task["title"]: task["version"] for task in changed} == {
+        "t0": 2,
         "t1": 2,
         "t2": 2,
-        "t3": 2,
-        "t4": 2,
         "t5": 2,
     }
-    assert listed["t0"]["version"] == 1
+    # A task whose key stays is not rewritten: respace again, with t0 kept.
+    with app.extensions["tasks_api.engine"].connect() as conn:
+        conn.execute(
+            text("UPDATE tasks SET position = :key WHERE user_id = :u AND position = :old"),
+            {"key": f"{nth(0)}{'4' * 53}1", "u": user_id, "old": nth(1)},
+        )
+        conn.execute(
+            text("UPDATE tasks SET position = :key WHERE user_id = :u AND position = :old"),
+            {"key": f"{nth(0)}{'4' * 53}2", "u": user_id, "old": nth(2)},
+        )
+    move(client, tasks_url, tasks[3], after=tasks[1]["id"])
+    versions = {t["title"]: t["version"] for t in client.get(f"{tasks_url}?limit=10").get_json()}
+    assert versions["t0"] == 2  # nth(0) already: unchanged
 
 
 def test_lists_move_in_the_users_order(client: FlaskClient, lists_url: str) -> None:
@@ -323,7 +329,7 @@ def test_between_is_strictly_between_and_short(before: str | None, after: str | 
 
 
 def test_a_gap_takes_over_200_moves_before_it_must_be_respaced() -> None:
-    low, high, moves = nth(0), nth(1), 0
+    low, high, moves = str(nth(0)), str(nth(1)), 0
     while (key := between(low, high)) is not None:
         assert low < key < high and len(key) <= MAX_LENGTH
         high, moves = key, moves + 1

@@ -147,7 +147,7 @@ def _placed(found: FromClause, order: Order, *, moving: Any) -> Select[Any]:
 
     low: Any = null().cast(LISTS.c.position.type)
     high: Any = null().cast(LISTS.c.position.type)
-    if order == "last":
+    if order == "last":  # read only to tell whether it is last already
         low = _over_lists(position(func.max), moving)
     elif order == "first":
         high = _over_lists(position(func.min), moving)
@@ -178,7 +178,10 @@ def _key(placed: FromClause, old: Any, order: Order, moving: Any) -> tuple[Any, 
     """The list's new position, whether the lists must be respaced to make room, and, read
     only then, its slot (its rank once placed) and how many other lists there are; the
     last three from the stage `keyed`, to select from."""
-    chosen = case((placed.c.stays, old), else_=position_between(placed.c.low, placed.c.high))
+    # Last, it is appended: its key is made from its coming change position.
+    appended = position_nth(placed.c.base + 1)
+    between = appended if order == "last" else position_between(placed.c.low, placed.c.high)
+    chosen = case((placed.c.stays, old), else_=between)
     keyed = stage(select(*placed.c, chosen.label("key")), "keyed")
     key, placed = keyed.c.key, keyed
     respace = and_(~placed.c.stays, key.is_(None))

@@ -44,7 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.dml import UpdateBase
 
-from ..db import Query
+from ..db import Query, pipeline
 from ..models import (
     LISTS,
     POSITIONS,
@@ -61,6 +61,7 @@ from .writes import (
     Row,
     Write,
     advance,
+    advanced,
     arity,
     if_match_params,
     matches,
@@ -401,6 +402,14 @@ def _destination(found: FromClause, place: Place, *, moving: Any) -> Select[Any]
             joins = and_(joins, parent.is_distinct_from(found.c.old_parent_id))
         problems.append((and_(joins, _subtasks(parent) >= MAX_SUBTASKS), "subtask_limit"))
     problem = case(*problems, else_=null()) if problems else null()
+    if moving is None and not place.parent_given:  # a new top-level task: no parent to read
+        return select(
+            *found.c,
+            parent.label("to_parent"),
+            list_id.label("to_list"),
+            null().label("p_status"),
+            problem.label("problem"),
+        )
     return select(
         *found.c,
         parent.label("to_parent"),
@@ -411,11 +420,10 @@ def _destination(found: FromClause, place: Place, *, moving: Any) -> Select[Any]
     ).select_from(found.outerjoin(p, and_(p.c.user_id == owner(), p.c.id == parent)))
 
 
-def _neighbours(dest: FromClause, order: Order, *, moving: Any, moves: bool = True) -> Select[Any]:
+def _neighbours(dest: FromClause, order: Order, *, moving: Any) -> Select[Any]:
     """`dest` and the keys the task goes between: `low` and `high` (NULL: that end is
     open), `mark` (the sibling named by after/before), `stays` (it is there already: its
-    key stays) and the first problem with the place (`place_problem`). `moves`: False
-    when the write names no list or parent (it stays in its group)."""
+    key stays) and the first problem with the place (`place_problem`)."""
     parent, list_id = dest.c.to_parent, dest.c.to_list
     others = _others(moving)
     source: FromClause = dest
@@ -441,9 +449,7 @@ def _neighbours(dest: FromClause, order: Order, *, moving: Any, moves: bool = Tr
 
     low: Any = _none(TASKS.c.position)
     high: Any = _none(TASKS.c.position)
-    if order == "keep" and not moves:  # no list or parent given: it stays where it is
-        pass
-    elif order in ("last", "keep"):
+    if order == "last":  # read only to tell whether it is last already
         low = highest()
     elif order == "first":
         high = lowest()
@@ -487,24 +493,30 @@ def _others(moving: Any) -> Callable[..., Callable[[FromClause], Any]]:
 def _respacing(around: FromClause, order: Order, *, moving: Any, respace: Any) -> tuple[Any, Any]:
     """Read only to respace (counting is not free in a large group): the task's `slot`
     (its rank once placed) and the number of its new `siblings`; 0 otherwise."""
-    parent, list_id, mark = around.c.to_parent, around.c.to_list, around.c.mark
+    parent, list_id = around.c.to_parent, around.c.to_list
     others = _others(moving)
 
     def count(*where: Callable[[FromClause], ColumnElement[bool]]) -> Any:
         return _over_group(lambda s: func.count(), parent, list_id, others(*where))
 
-    slot: Any = {
-        "first": literal(0),
-        "after": count(lambda s: s.c.position <= mark),
-        "before": count(lambda s: s.c.position < mark),
-    }.get(order, count())
+    if order == "after":
+        slot: Any = count(lambda s: s.c.position <= around.c.mark)
+    elif order == "before":
+        slot = count(lambda s: s.c.position < around.c.mark)
+    else:
+        slot = literal(0) if order == "first" else count()
     return case((respace, slot), else_=0), case((respace, count()), else_=0)
 
 
-def _keyed(around: FromClause, old: Any) -> tuple[CTE, ColumnElement[bool]]:
+def _keyed(around: FromClause, old: Any, order: Order) -> tuple[CTE, ColumnElement[bool]]:
     """`around` and the task's new `key` (`old` if it stays; NULL if the group must be
-    respaced to make room); and whether it must."""
-    key = case((around.c.stays, old), else_=position_between(around.c.low, around.c.high))
+    respaced to make room); and whether it must. Last, it is appended: its key is made
+    from the change position it is about to get (tasks_api/positions.py)."""
+    if order in ("last", "keep"):
+        chosen: Any = position_nth(around.c.base + 1)
+    else:
+        chosen = position_between(around.c.low, around.c.high)
+    key = case((around.c.stays, old), else_=chosen)
     keyed = stage(select(*around.c, key.label("key")), "keyed")
     return keyed, and_(~keyed.c.stays, keyed.c.key.is_(None))
 
@@ -641,15 +653,13 @@ def new_task(
 @functools.lru_cache(maxsize=8)
 def _create(place: Place) -> Write:
     found = stage(_found(task=False), "found")
-    dest = stage(_destination(found, place, moving=None), "dest")
-    around, respace = _keyed(
-        stage(_neighbours(dest, "last", moving=None), "placed"), _none(TASKS.c.position)
-    )
-    key = around.c.key
+    around = stage(_destination(found, place, moving=None), "dest")
+    key = position_nth(around.c.base + 1)  # appended: no neighbour to read
+    respace = key.is_(None)
     slot, siblings = _respacing(around, "last", moving=None, respace=respace)
     verdict = case(
         (around.c.task_count >= MAX_TASKS, "task_limit"),
-        else_=func.coalesce(around.c.place_problem, OK),
+        else_=func.coalesce(around.c.problem, OK),
     )
     plan = select(
         verdict.label("verdict"),
@@ -687,12 +697,13 @@ def _create(place: Place) -> Write:
             )
             .values(open_tasks=LISTS.c.open_tasks + 1)
         )
-        return [
+        steps: list[tuple[str, UpdateBase]] = [
             ("respaced", _respaced(plan, task=_uuid("new_id"), first=plan.c.base + 2)),
             ("created", created),
-            ("lists", opened),
-            ("counter", advance(plan, tasks=1)),
         ]
+        if place.list_given or place.parent_given:  # else it is in the inbox
+            steps.append(("lists", opened))
+        return [*steps, ("counter", advance(plan, tasks=1))]
 
     return Write(plan, steps, returns="created")
 
@@ -704,6 +715,10 @@ def create_task(conn: Connection, task: Mapping[str, Any], *, then: Any = None) 
     place = Place(
         list_given=task["list_id"] is not None, parent_given=task["parent_id"] is not None
     )
+    if place == Place():  # into the inbox: it reads no other row
+        outcome = _create_in_inbox(conn, task, then=then)
+        if outcome.verdict != CROWDED:
+            return outcome
     params = {
         **{f"new_{name}": value for name, value in task.items()},
         "owner": task["user_id"],
@@ -712,6 +727,192 @@ def create_task(conn: Connection, task: Mapping[str, Any], *, then: Any = None) 
         "now": task["created_at"],
     }
     return _create(place).run(conn, then=then, **params)
+
+
+# --- the two writes that read no other row: one statement, no lock first ------------------
+# (tasks_api/repository/writes.py: `advanced`). A PUT of plain fields changes its task and
+# nothing else; a create into the inbox appends, which needs no neighbour. They are the
+# most frequent writes, and each costs about half of the general protocol.
+
+PLAIN = frozenset({"title", "description", "priority", "due_date", "tags", "tag_keys"})
+CROWDED = "crowded"  # an inbox create whose appended key is out of range: the general way
+
+
+def _one_row() -> FromClause:
+    return select(literal_column("1").label("one")).subquery("one")
+
+
+def _current_version() -> Any:
+    t = TASKS.alias("t")
+    return (
+        select(t.c.version)
+        .where(t.c.user_id == owner(), t.c.id == task_id_param())
+        .scalar_subquery()
+    )
+
+
+def _plain_values(fields: tuple[str, ...], position: Any) -> dict[str, Any]:
+    """What a PUT of plain `fields` sets: version and updated_at move only when a value
+    really differs, and with them the change position (the write's, `position`)."""
+    new = {name: bindparam(name, type_=TASKS.c[name].type) for name in fields}
+    changed = or_(*(TASKS.c[name].is_distinct_from(value) for name, value in new.items()))
+    return {
+        **new,
+        "updated_at": case((changed, timestamp("now")), else_=TASKS.c.updated_at),
+        "version": TASKS.c.version + case((changed, 1), else_=0),
+        "change_position": case((changed, position), else_=TASKS.c.change_position),
+    }
+
+
+@functools.lru_cache(maxsize=512)
+def _plain_update(dialect: str, fields: tuple[str, ...], if_match: int | None) -> Query:
+    """PostgreSQL: the counter advanced, the task updated, and the verdict, in one
+    statement. SQLite: the update alone, at the change position `at`."""
+    owned = (TASKS.c.user_id == owner(), TASKS.c.id == task_id_param())
+    if dialect != "postgresql":
+        position = bindparam("at", type_=TASKS.c.change_position.type)
+        return Query(
+            update(TASKS)
+            .where(*owned, matches(TASKS.c.version, if_match))
+            .values(_plain_values(fields, position))
+            .returning(*COLUMNS)
+        )
+    counter = advanced(dialect).cte("advanced")
+    # The task as the user's last write left it, read under its row lock, taken after the
+    # counter's: the statement's snapshot predates that lock, so a task deleted or changed
+    # by a write that held it would look present, or stale, there. (SELECT ... FOR UPDATE
+    # returns the newest committed row, or none if it was deleted.)
+    t = TASKS.alias("t")
+    target = (
+        select(t.c.id, t.c.version)
+        .where(t.c.user_id == owner(), t.c.id == task_id_param(), t.c.user_id == counter.c.user_id)
+        .with_for_update(of=t)
+        .cte("target")
+    )
+    changed = (
+        update(TASKS)
+        .where(*owned, TASKS.c.id == target.c.id, matches(target.c.version, if_match))
+        .values(_plain_values(fields, counter.c.position))
+        .returning(*COLUMNS)
+        .cte("changed")
+    )
+    verdict = case(
+        (changed.c.id.is_not(None), OK), (target.c.id.is_(None), "not_found"), else_="stale"
+    )
+    found = _one_row().outerjoin(target, true()).outerjoin(changed, true())
+    return Query(
+        select(
+            verdict.label("verdict"), target.c.version.label("old_version"), *changed.c
+        ).select_from(found)
+    )
+
+
+_ADVANCED_SQLITE = Query(advanced("sqlite"))
+_ADVANCED_CREATE_SQLITE = Query(advanced("sqlite", creates=MAX_TASKS))
+_VERSION_SQLITE = Query(select(_current_version().label("version")))
+
+
+def _update_plainly(
+    conn: Connection,
+    user_id: str,
+    task_id: uuid.UUID,
+    values: Mapping[str, Any],
+    versions: Collection[int] | None,
+) -> Outcome:
+    query = _plain_update(conn.dialect.name, tuple(sorted(values)), arity(versions))
+    params = {**values, **_change_params(user_id, task_id, versions)}
+    if conn.dialect.name == "postgresql":
+        row = query.row(conn, **params)
+        assert row is not None  # one row: the verdict
+        found = dict(row)
+        verdict, version = found.pop("verdict"), found.pop("old_version")
+        return _outcome(verdict, version, found)
+    conn.exec_driver_sql("BEGIN IMMEDIATE")  # SQLite: one writer at a time
+    try:
+        counter = _ADVANCED_SQLITE.row(conn, owner=user_id)
+        assert counter is not None  # an upsert returns its row
+        changed = query.row(conn, **params, at=counter["position"])
+        version = _VERSION_SQLITE.row(conn, owner=user_id, task_id=task_id)
+    except BaseException:
+        conn.exec_driver_sql("ROLLBACK")
+        raise
+    conn.exec_driver_sql("COMMIT")
+    current = None if version is None else version["version"]
+    verdict = OK if changed is not None else "not_found" if current is None else "stale"
+    return _outcome(verdict, current, changed)
+
+
+def _outcome(verdict: str, version: Any, row: Mapping[str, Any] | None) -> Outcome:
+    rows = [row] if row is not None and verdict == OK else []
+    return Outcome({"verdict": verdict, "old_version": version}, rows)
+
+
+@functools.cache
+def _inbox_create(dialect: str) -> Query:
+    """PostgreSQL: the counter advanced (the limit checked in the same upsert) and the
+    task inserted, appended (tasks_api/positions.py), and the verdict, in one statement.
+    SQLite: the insert alone, at the change position `at`."""
+    values: dict[str, Any] = {c.key: bindparam(f"new_{c.key}", type_=c.type) for c in WRITTEN}
+    values |= {"list_id": _none(TASKS.c.list_id), "parent_id": _none(TASKS.c.parent_id)}
+    if dialect != "postgresql":
+        at = bindparam("at", type_=TASKS.c.change_position.type)
+        values |= {"position": position_nth(at), "change_position": at}
+        return Query(insert(TASKS).values(values).returning(*COLUMNS))
+    counter = advanced(dialect, creates=MAX_TASKS).cte("advanced")
+    values |= {
+        "position": position_nth(counter.c.position),
+        "change_position": counter.c.position,
+    }
+    created = (
+        insert(TASKS)
+        .from_select(list(values), select(*values.values()).select_from(counter))
+        .returning(*COLUMNS)
+        .cte("created")
+    )
+    me = POSITIONS.alias("me")
+    count = select(me.c.tasks).where(me.c.user_id == owner()).scalar_subquery()
+    verdict = case(
+        (created.c.id.is_not(None), OK), (count >= MAX_TASKS, "task_limit"), else_=CROWDED
+    )
+    return Query(
+        select(verdict.label("verdict"), *created.c).select_from(
+            _one_row().outerjoin(created, true())
+        )
+    )
+
+
+_TASK_COUNT_SQLITE = Query(select(POSITIONS.c.tasks).where(POSITIONS.c.user_id == owner()))
+
+
+def _create_in_inbox(conn: Connection, task: Mapping[str, Any], *, then: Any) -> Outcome:
+    query = _inbox_create(conn.dialect.name)
+    params = {f"new_{name}": value for name, value in task.items()}
+    params |= {"owner": task["user_id"], "now": task["created_at"]}
+    after = [then] if then is not None else []
+    if conn.dialect.name == "postgresql":
+        rows = (
+            pipeline(conn, [(query, params), *after], answer=0)
+            if after
+            else query.rows(conn, **params)
+        )
+        found = dict(rows[0])
+        verdict = found.pop("verdict")
+        return _outcome(verdict, None, found)
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    try:
+        counter = _ADVANCED_CREATE_SQLITE.row(conn, owner=task["user_id"])
+        created = None if counter is None else query.row(conn, **params, at=counter["position"])
+        for statement, values in after:
+            statement.rowcount(conn, **values)
+        count = _TASK_COUNT_SQLITE.row(conn, owner=task["user_id"])
+    except BaseException:
+        conn.exec_driver_sql("ROLLBACK")
+        raise
+    conn.exec_driver_sql("COMMIT")
+    if created is not None:
+        return _outcome(OK, None, created)
+    assert count is not None  # the upsert made the row, or found it
+    return _outcome("task_limit" if count["tasks"] >= MAX_TASKS else CROWDED, None, None)
 
 
 # --- changing: PUT, completion, move ---------------------------------------------------------
@@ -723,14 +924,26 @@ def _change(fields: tuple[str, ...], toggle: bool, if_match: int | None, place: 
     `toggle` flips its completion, `place` says where it goes."""
     task = task_id_param()
     found = stage(_found(), "found")
-    dest = stage(_destination(found, place, moving=task), "dest")
+    # Only what the variant can need: a write that names no list, parent or place keeps
+    # the task where it is; one that cannot change its status cascades nothing.
     moves = place.list_given or place.parent_given or place.order != "keep"
-    placed = stage(_neighbours(dest, place.order, moving=task, moves=moves), "placed")
-    around, respace = _keyed(placed, placed.c.old_position)
-    a = around.c
-    key = a.key
-    slot, siblings = _respacing(around, place.order, moving=task, respace=respace)
-    position = case((respace, position_nth(slot)), else_=key)
+    status_may_change = toggle or "status" in fields or "completed" in fields
+    if moves:
+        dest = stage(_destination(found, place, moving=task), "dest")
+        placed = stage(_neighbours(dest, place.order, moving=task), "placed")
+        around, respace = _keyed(placed, placed.c.old_position, place.order)
+        a = around.c
+        slot, siblings = _respacing(around, place.order, moving=task, respace=respace)
+        position: Any = case((respace, position_nth(slot)), else_=a.key)
+        to_list, to_parent = a.to_list, a.to_parent
+        p_status: Any = a.p_status
+        problem: Any = a.place_problem
+    else:
+        around, a = found, found.c
+        respace, slot, siblings = false(), literal(0), literal(0)
+        position, to_list, to_parent = a.old_position, a.old_list_id, a.old_parent_id
+        p_status = _parent_status(a.old_parent_id) if status_may_change else null()
+        problem = null()
 
     def new(name: str) -> Any:
         return bindparam(name, type_=TASKS.c[name].type) if name in fields else a[f"old_{name}"]
@@ -750,15 +963,10 @@ def _change(fields: tuple[str, ...], toggle: bool, if_match: int | None, place: 
     values: dict[str, Any] = {
         name: new(name) for name in ("title", "description", "priority", "due_date", "tags")
     }
-    values |= {
-        "status": status,
-        "list_id": a.to_list,
-        "parent_id": a.to_parent,
-        "position": position,
-    }
+    values |= {"status": status, "list_id": to_list, "parent_id": to_parent, "position": position}
     changed = or_(*(value.is_distinct_from(a[f"old_{name}"]) for name, value in values.items()))
     completes = and_(status == literal("done"), a.old_status != literal("done"))
-    moves_list = a.to_list.is_distinct_from(a.old_list_id)
+    moves_list = to_list.is_distinct_from(a.old_list_id)
     # Its subtasks follow it to another list; completing it completes the open ones.
     cascades = and_(a.old_parent_id.is_(None), or_(completes, moves_list))
     opened_below = case((cascades, _subtasks(task, lambda s: s.c.status != "done")), else_=0)
@@ -767,17 +975,17 @@ def _change(fields: tuple[str, ...], toggle: bool, if_match: int | None, place: 
     )
     # Making a subtask not done again while its parent is done makes the parent todo.
     reopens = and_(
-        a.to_parent.is_not(None),
+        to_parent.is_not(None),
         a.old_status == literal("done"),
         status != literal("done"),
-        a.p_status == literal("done"),
+        p_status == literal("done"),
     )
     reopened = case((reopens, 1), else_=0)
     when_changed = case((changed, 1), else_=0)
     verdict = case(
         (a.old_id.is_(None), "not_found"),
         (~matches(a.old_version, if_match), "stale"),
-        else_=func.coalesce(a.place_problem, OK),
+        else_=func.coalesce(problem, OK),
     )
     plan = select(
         verdict.label("verdict"),
@@ -818,16 +1026,23 @@ def _change(fields: tuple[str, ...], toggle: bool, if_match: int | None, place: 
             .values({name: plan.c[name] for name in (*written, "change_position")})
             .returning(*COLUMNS)
         )
-        return [
-            ("changed", changed),
-            ("below", _below(plan)),
-            ("parent", _reopened(plan)),
-            ("respaced", _respaced(plan, task=task, first=_after_below(plan) + 1)),
-            ("lists", _lists_counted(plan)),
-            ("counter", advance(plan)),
-        ]
+        steps: list[tuple[str, UpdateBase]] = [("changed", changed)]
+        if status_may_change or moves:
+            steps.append(("below", _below(plan)))
+        if status_may_change:
+            steps.append(("parent", _reopened(plan)))
+        if moves:
+            steps.append(("respaced", _respaced(plan, task=task, first=_after_below(plan) + 1)))
+        if status_may_change or moves:
+            steps.append(("lists", _lists_counted(plan)))
+        return [*steps, ("counter", advance(plan))]
 
     return Write(plan, steps, returns="changed")
+
+
+def _parent_status(parent: Any) -> Any:
+    p = TASKS.alias("p")
+    return select(p.c.status).where(p.c.user_id == owner(), p.c.id == parent).scalar_subquery()
 
 
 def _after_below(plan: FromClause) -> Any:
@@ -923,6 +1138,8 @@ def update_task(
         values["completed"] = values["status"] == "done"
     if "tags" in values:
         values["tag_keys"] = [tag_key(tag) for tag in values["tags"]]
+    if PLAIN.issuperset(values) and not {"list_id", "parent_id"} & set(changes):
+        return _update_plainly(conn, user_id, task_id, values, versions)
     place = Place(list_given="list_id" in changes, parent_given="parent_id" in changes)
     write = _change(tuple(sorted(values)), False, arity(versions), place)
     params = _change_params(user_id, task_id, versions)

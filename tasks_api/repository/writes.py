@@ -37,6 +37,7 @@ from sqlalchemy import (
     Connection,
     FromClause,
     Select,
+    and_,
     bindparam,
     exists,
     func,
@@ -50,6 +51,7 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from ..db import Query, pipeline
 from ..models import POSITIONS, UTCDateTime
+from ..positions import CEILING, FIRST
 
 Row = Mapping[str, Any]
 # Builds a write's steps from its plan: (name, statement) pairs, in the order SQLite runs
@@ -109,17 +111,47 @@ def _lock(dialect: str) -> Any:
         user_id=owner(), position=literal_column("0"), tasks=0, lists=0
     )
     # A no-op update: it takes the row lock, and changes nothing the steps read.
-    return stmt.on_conflict_do_update(
+    stmt = stmt.on_conflict_do_update(
         index_elements=[POSITIONS.c.user_id], set_={"position": POSITIONS.c.position}
     )
+    if dialect != "postgresql":
+        return stmt
+    # And for this transaction only: plan a prepared write once. Planning one takes 4 to
+    # 10 ms; run, it takes about 1. Left to choose, PostgreSQL keeps making a plan for each
+    # call's values, which can drop the CASE branches those values rule out, so its
+    # estimate always beats the generic plan's, though the generic plan runs as fast.
+    return stmt.returning(func.set_config("plan_cache_mode", "force_generic_plan", true()))
 
 
 LOCK = {dialect: Query(_lock(dialect)) for dialect in ("postgresql", "sqlite")}
-# PostgreSQL, for the write's transaction only: plan a prepared write once. Planning one
-# takes 4 to 10 ms; run, it takes about 1. Left to choose, PostgreSQL keeps making a plan
-# for each call's values, which can drop the CASE branches those values rule out: its
-# estimate always beats the generic plan's, though the generic plan runs as fast.
-GENERIC_PLANS = Query(select(func.set_config("plan_cache_mode", "force_generic_plan", true())))
+
+
+def advanced(dialect: str, *, creates: int | None = None) -> Any:
+    """For a write that reads no other row of the user's, and so needs no lock first: the
+    user's counter advanced by one in the write's own statement (made at 1 if missing),
+    returning user_id and the new position. Its row lock, taken before the write's own
+    row's and held to the commit, orders the user's writes as the lock statement does.
+
+    `creates`: one task more, refused (no row returned) when the user has `creates`
+    tasks already, or when the write's appended key would be out of range
+    (tasks_api/positions.py).
+    """
+    dialect_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    stmt = dialect_insert(POSITIONS).values(
+        user_id=owner(), position=literal_column("1"), tasks=int(creates is not None), lists=0
+    )
+    changes: dict[str, Any] = {"position": POSITIONS.c.position + 1}
+    room = None
+    if creates is not None:
+        changes["tasks"] = POSITIONS.c.tasks + 1
+        room = and_(
+            POSITIONS.c.tasks < creates,
+            POSITIONS.c.position + 1 < literal_column(str(CEILING - FIRST)),
+        )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[POSITIONS.c.user_id], set_=changes, where=room
+    )
+    return stmt.returning(POSITIONS.c.user_id, POSITIONS.c.position)
 
 
 def advance(plan: FromClause, *, tasks: Any = 0, lists: Any = 0) -> UpdateBase:
@@ -136,9 +168,13 @@ def advance(plan: FromClause, *, tasks: Any = 0, lists: Any = 0) -> UpdateBase:
     )
 
 
+# What of its plan a write reports (on PostgreSQL; SQLite has the plan's row at hand).
+REPORTED = ("verdict", "old_version")
+
+
 @dataclass(frozen=True)
 class Outcome:
-    plan: Row  # the plan's row: `verdict` ("ok", or why not) and what it decided
+    plan: Row  # the plan's `verdict` ("ok", or why not) and the version it found
     rows: Sequence[Row]  # what the step named `returns` returned
 
     @property
@@ -168,8 +204,7 @@ class Write:
         after = [then] if then is not None else []
         if dialect == "postgresql":
             statement, key = self._statement
-            first = [(GENERIC_PLANS, {}), (LOCK[dialect], params)]
-            rows = pipeline(conn, [*first, (statement, params), *after], answer=2)
+            rows = pipeline(conn, [(LOCK[dialect], params), (statement, params), *after], answer=1)
             plan = {name[5:]: value for name, value in rows[0].items() if name[:5] == "plan_"}
             found = [
                 {name: value for name, value in row.items() if name[:5] != "plan_"}
@@ -200,13 +235,14 @@ class Write:
     @functools.cached_property
     def _statement(self) -> tuple[Query, str]:
         """PostgreSQL: the plan and every step as CTEs of one statement, which answers
-        the plan's columns (as plan_*) beside each row the `returns` step returned; and
+        what the plan reports (as plan_*) beside each row the `returns` step returned; and
         the name of that step's first column, NULL in the one row when it returned none."""
         plan = self.plan.cte("plan")
         ctes = {name: step.cte(name) for name, step in self.steps(plan)}
         returned = ctes.pop(self.returns)
+        reported = [c for c in plan.c if c.key in REPORTED]
         answer = (
-            select(*(c.label(f"plan_{c.key}") for c in plan.c), *returned.c)
+            select(*(c.label(f"plan_{c.key}") for c in reported), *returned.c)
             .select_from(plan.outerjoin(returned, true()))
             .add_cte(*ctes.values())
         )
