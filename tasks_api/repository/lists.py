@@ -47,8 +47,8 @@ from .writes import (
     if_match_params,
     matches,
     now,
-    only_if,
     owner,
+    respaced,
     stage,
     timestamp,
 )
@@ -200,33 +200,6 @@ def _key(placed: FromClause, old: Any, order: Order, moving: Any) -> tuple[Any, 
     return position, respace, slot, case((respace, count()), else_=0), keyed
 
 
-def _respaced(plan: FromClause, *, moving: Any, first: Any) -> UpdateBase:
-    """The step that respaces the user's lists around `moving` (whose slot is plan.slot),
-    as tasks_api/repository/tasks.py respaces a group of tasks."""
-    s = LISTS.alias("s")
-    ranked = (
-        select(s.c.id, (func.row_number().over(order_by=(s.c.position, s.c.id)) - 1).label("rank"))
-        .where(s.c.user_id == owner(), s.c.id != moving, plan.c.respace, plan.c.verdict == OK)
-        .subquery("ranked")
-    )
-    key = position_nth(ranked.c.rank + case((ranked.c.rank >= plan.c.slot, 1), else_=0))
-    return (
-        update(LISTS)
-        .where(
-            LISTS.c.user_id == owner(),
-            LISTS.c.id == ranked.c.id,
-            LISTS.c.position != key,
-            only_if(plan, plan.c.respace),
-        )
-        .values(
-            position=key,
-            version=LISTS.c.version + 1,
-            updated_at=timestamp("now"),
-            change_position=first + ranked.c.rank,
-        )
-    )
-
-
 def _write_params(
     user_id: str, list_id: uuid.UUID, versions: Collection[int] | None
 ) -> dict[str, Any]:
@@ -271,7 +244,7 @@ def _create() -> Write:
             .returning(*COLUMNS)
         )
         return [
-            ("respaced", _respaced(plan, moving=_list_id(), first=plan.c.base + 2)),
+            ("respaced", respaced(LISTS, plan, moving=_list_id(), first=plan.c.base + 2)),
             ("created", created),
             ("counter", advance(plan, lists=1)),
         ]
@@ -342,7 +315,7 @@ def _change(if_match: int | None, order: Order | None) -> Write:
         )
         return [
             ("changed", changed),
-            ("respaced", _respaced(plan, moving=_list_id(), first=plan.c.base + 2)),
+            ("respaced", respaced(LISTS, plan, moving=_list_id(), first=plan.c.base + 2)),
             ("counter", advance(plan)),
         ]
 

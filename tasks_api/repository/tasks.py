@@ -68,6 +68,7 @@ from .writes import (
     now,
     only_if,
     owner,
+    respaced,
     stage,
     timestamp,
 )
@@ -522,37 +523,13 @@ def _keyed(around: FromClause, old: Any, order: Order) -> tuple[CTE, ColumnEleme
 
 
 def _respaced(plan: FromClause, *, task: Any, first: Any) -> UpdateBase:
-    """The step that respaces the group (plan.parent_id, plan.list_id) around `task`,
-    whose slot is plan.slot: every other member gets the key of its rank, one further on
-    past the slot; those whose key changes get a new version and the change position
-    `first` + rank."""
-    s = TASKS.alias("s")
-    ranked = (
-        select(s.c.id, (func.row_number().over(order_by=(s.c.position, s.c.id)) - 1).label("rank"))
-        .where(
-            s.c.user_id == owner(),
-            _in_group(s, plan.c.parent_id, plan.c.list_id),
-            s.c.id != task,
-            plan.c.respace,
-            plan.c.verdict == OK,
-        )
-        .subquery("ranked")
-    )
-    key = position_nth(ranked.c.rank + case((ranked.c.rank >= plan.c.slot, 1), else_=0))
-    return (
-        update(TASKS)
-        .where(
-            TASKS.c.user_id == owner(),
-            TASKS.c.id == ranked.c.id,
-            TASKS.c.position != key,
-            only_if(plan, plan.c.respace),
-        )
-        .values(
-            position=key,
-            version=TASKS.c.version + 1,
-            updated_at=timestamp("now"),
-            change_position=first + ranked.c.rank,
-        )
+    """The step that respaces the group (plan.parent_id, plan.list_id) around `task`."""
+    return respaced(
+        TASKS,
+        plan,
+        moving=task,
+        first=first,
+        group=lambda s: _in_group(s, plan.c.parent_id, plan.c.list_id),
     )
 
 

@@ -37,13 +37,16 @@ from sqlalchemy import (
     Connection,
     FromClause,
     Select,
+    Table,
     and_,
     bindparam,
+    case,
     exists,
     func,
     literal_column,
     select,
     true,
+    update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -51,7 +54,7 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from ..db import Query, pipeline
 from ..models import POSITIONS, UTCDateTime
-from ..positions import CEILING, FIRST
+from ..positions import CEILING, FIRST, position_nth
 
 Row = Mapping[str, Any]
 # Builds a write's steps from its plan: (name, statement) pairs, in the order SQLite runs
@@ -164,6 +167,44 @@ def advance(plan: FromClause, *, tasks: Any = 0, lists: Any = 0) -> UpdateBase:
             position=POSITIONS.c.position + plan.c.entries,
             tasks=POSITIONS.c.tasks + tasks,
             lists=POSITIONS.c.lists + lists,
+        )
+    )
+
+
+def respaced(
+    table: Table,
+    plan: FromClause,
+    *,
+    moving: Any,
+    first: Any,
+    group: Callable[[FromClause], ColumnElement[bool]] = lambda s: true(),
+) -> UpdateBase:
+    """The step that respaces the user's rows of `table` in `group` (a condition on the
+    alias given) around `moving`, whose slot is plan.slot: every other member gets the
+    key of its rank (tasks_api/positions.py), one further on past the slot; those whose
+    key changes get a new version and the change position `first` + rank."""
+    s = table.alias("s")
+    ranked = (
+        select(s.c.id, (func.row_number().over(order_by=(s.c.position, s.c.id)) - 1).label("rank"))
+        .where(
+            s.c.user_id == owner(), group(s), s.c.id != moving, plan.c.respace, plan.c.verdict == OK
+        )
+        .subquery("ranked")
+    )
+    key = position_nth(ranked.c.rank + case((ranked.c.rank >= plan.c.slot, 1), else_=0))
+    return (
+        update(table)
+        .where(
+            table.c.user_id == owner(),
+            table.c.id == ranked.c.id,
+            table.c.position != key,
+            only_if(plan, plan.c.respace),
+        )
+        .values(
+            position=key,
+            version=table.c.version + 1,
+            updated_at=timestamp("now"),
+            change_position=first + ranked.c.rank,
         )
     )
 
