@@ -17,7 +17,7 @@ from sqlalchemy import text, update
 from tasks_api import create_app, db
 from tasks_api.config import Settings
 from tasks_api.models import TASKS
-from tasks_api.repository import tasks as repository
+from tasks_api.repository import listing as repository
 from tests.support import SECRET, UserClient, assert_problem
 
 SORTS = ["-created_at", "created_at", "-updated_at", "updated_at", "title", "-title"]

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import NullPool, create_engine, update
 
 from tasks_api.models import TASKS
-from tasks_api.repository import tasks as repository
+from tasks_api.repository import listing as repository
 from tests.support import assert_problem
 from tests.test_listing import create, next_url, walk
 

@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tasks_api import db
-from tasks_api.repository import tasks as repository
+from tasks_api.repository import listing as repository
 from tasks_api.schemas.fields import rfc3339
 from tasks_api.schemas.tasks import TaskSchema, dump_task
 

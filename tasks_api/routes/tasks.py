@@ -10,6 +10,7 @@ from flask import Response, url_for
 from flask.views import MethodView
 
 from .. import db, errors, pages
+from ..repository import listing
 from ..repository import tasks as repository
 from ..repository.writes import OK, Outcome, Row
 from ..schemas.fields import IdempotencyHeadersSchema
@@ -62,7 +63,7 @@ def _written(outcome: Outcome) -> Response:
     return _response(outcome.rows[0])
 
 
-def _filters(args: Mapping[str, Any]) -> repository.Filters:
+def _filters(args: Mapping[str, Any]) -> listing.Filters:
     """The list's filters; `completed` and `status` narrow the same state."""
     statuses: set[str] | None = None
     if "status" in args:
@@ -71,7 +72,7 @@ def _filters(args: Mapping[str, Any]) -> repository.Filters:
         done = {"done"} if args["completed"] else {"todo", "in_progress"}
         statuses = done if statuses is None else statuses & done
     priorities = args.get("priority")
-    return repository.Filters(
+    return listing.Filters(
         statuses=statuses,
         priorities=None if priorities is None else set(priorities),
         tags=args.get("tag", ()),
@@ -102,7 +103,7 @@ class Tasks(MethodView):
         limit, after = args["limit"], pages.start_after(user_id, args)
         filters = _filters(args)
         rows = db.read(
-            lambda conn: repository.list_tasks(
+            lambda conn: listing.list_tasks(
                 conn,
                 user_id=user_id,
                 sort=args["sort"],
