@@ -122,3 +122,38 @@ def test_a_create_that_waited_for_the_last_free_place_is_refused(
     assert response.status_code == 409
     assert "100,000 tasks" in response.get_json()["detail"]
     assert [t["title"] for t in client.get(tasks_url).get_json()] == ["first"]
+
+
+# As a create of a subtask leaves the database, the user's counter advanced with it.
+NEW_SUBTASK = """
+WITH counter AS (
+    UPDATE sync_positions SET position = position + 1, tasks = tasks + 1
+    WHERE user_id = %(user)s RETURNING position
+)
+INSERT INTO tasks (id, user_id, title, completed, created_at, updated_at, version, status,
+                   priority, tags, tag_keys, change_position, parent_id, position)
+SELECT gen_random_uuid(), %(user)s, 'theirs', false, now(), now(), 1, 'todo', 'medium',
+       '{}', '{}', position, %(parent)s, lpad((5000000000 + position)::text, 10, '0')
+FROM counter
+"""
+
+
+def test_a_completion_that_waited_for_a_new_subtask_completes_it_too(
+    app: Flask, backend: str, task_url: str, task: dict[str, Any], user_id: str
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite runs one write at a time from its start: none waits midway")
+    with connect(app) as other_write:
+        other_write.execute(HOLD, [user_id])
+        other_write.execute(NEW_SUBTASK, {"user": user_id, "parent": task["id"]})
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(app.test_client().patch, f"{task_url}/complete")
+            time.sleep(0.5)
+            assert not waiting.done()
+            other_write.commit()
+            response = waiting.result(timeout=30)
+
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "done"
+    below = app.test_client().get(f"{task_url.rsplit('/', 1)[0]}?parent={task['id']}")
+    assert [(t["title"], t["status"]) for t in below.get_json()] == [("theirs", "done")]
