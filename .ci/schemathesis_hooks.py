@@ -69,3 +69,31 @@ def before_call(context, case, kwargs):  # type: ignore[no-untyped-def]
     # (correct) 422 that the document cannot say.
     if (case.query or {}).get("sort") == "position" and not {"list", "parent"} & set(case.query):
         case.query["list"] = "inbox"
+    # A bulk request's rules between members (API.md, "Many at once") are checked by the
+    # app, each a (correct) 422 the document cannot say: each id once, if_match only for
+    # ids sent, `to` exactly with move, `set` exactly with update.
+    if isinstance(case.body, dict) and case.path.endswith("/tasks/bulk"):
+        body = case.body
+        ids = body.get("ids")
+        if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+            kept: dict[object, str] = {}
+            for task_id in ids:
+                kept.setdefault(_canonical(task_id), task_id)
+            body["ids"] = list(kept.values())
+            if isinstance(body.get("if_match"), dict):
+                body["if_match"] = {
+                    k: v for k, v in body["if_match"].items() if _canonical(k) in kept
+                }
+        action = body.get("action")
+        for member, owner, default in (("to", "move", {}), ("set", "update", {"title": "x"})):
+            if action == owner:
+                body.setdefault(member, default)
+            else:
+                body.pop(member, None)
+
+
+def _canonical(value: object) -> object:
+    """A UUID's one spelling (the app reads `A-B` and `ab` alike), else the value."""
+    if isinstance(value, str) and _UUID.fullmatch(value):
+        return uuid.UUID(value)
+    return value

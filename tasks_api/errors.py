@@ -67,6 +67,15 @@ def service_unavailable(detail: str, *, retry_after: int) -> NoReturn:
     raise ServiceUnavailable(detail, retry_after=retry_after)
 
 
+def nothing_changed(failing: Mapping[str, list[str]]) -> NoReturn:
+    """409 for an all-or-nothing bulk request that one task or more would have failed."""
+    exc = Conflict(
+        f"Nothing changed: {len(failing)} of the tasks cannot take this action; see `errors`."
+    )
+    exc.data = {"errors": dict(failing)}  # type: ignore[attr-defined]
+    raise exc
+
+
 def conflict(detail: str, *, retry_after: int) -> NoReturn:
     exc = Conflict(detail)
     exc.data = {"headers": {"Retry-After": str(retry_after)}}  # type: ignore[attr-defined]
@@ -110,6 +119,23 @@ _LIMITS = {
     "list_limit": "This user has 1,000 lists, the most one user may have; delete some first.",
     "subtask_limit": "That task has 200 subtasks, the most one task may have.",
 }
+
+
+def outcome(verdict: str) -> tuple[int, dict[str, list[str]]]:
+    """What one task's result in a bulk request says when its verdict is not ok: the
+    status its own route would have answered, and `errors` for a 409 or 422."""
+    if verdict == "not_found":
+        return 404, {"id": ["No task with this id belongs to this user."]}
+    if verdict == "stale":
+        return 412, {"if_match": ["The task has changed since this version; read it again."]}
+    if verdict == "subtask_limit":
+        return 409, {"parent_id": [_LIMITS[verdict]]}
+    if verdict == "crowded":
+        return 409, {
+            "position": ["This place has taken every position it can; move tasks one at a time."]
+        }
+    field, message = _PLACE_PROBLEMS[verdict]
+    return 422, {field: [message]}
 
 
 def refused(verdict: str, resource: str) -> NoReturn:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -157,3 +159,50 @@ def test_a_completion_that_waited_for_a_new_subtask_completes_it_too(
     assert response.get_json()["status"] == "done"
     below = app.test_client().get(f"{task_url.rsplit('/', 1)[0]}?parent={task['id']}")
     assert [(t["title"], t["status"]) for t in below.get_json()] == [("theirs", "done")]
+
+
+def test_bulk_writes_racing_single_writes_lose_no_update(
+    app: Flask, backend: str, tasks_url: str
+) -> None:
+    """Toggles of single tasks and bulk updates of many, on the same tasks at once: each
+    acknowledged write is in each task's final version and state."""
+    if backend == "sqlite":
+        pytest.skip("SQLite runs one write at a time")
+    client = app.test_client()
+    ids = [client.post(tasks_url, json={"title": f"t{n}"}).get_json()["id"] for n in range(12)]
+    toggled = {task_id: 0 for task_id in ids}
+    bulked = {task_id: 0 for task_id in ids}
+    counts = threading.Lock()
+    deadline = time.monotonic() + 4
+
+    def toggler(seed: int) -> None:
+        rng, own = random.Random(seed), app.test_client()
+        while time.monotonic() < deadline:
+            task_id = rng.choice(ids)
+            assert own.patch(f"{tasks_url}/{task_id}/complete").status_code == 200
+            with counts:
+                toggled[task_id] += 1
+
+    def bulker(seed: int) -> None:
+        rng, own = random.Random(seed), app.test_client()
+        while time.monotonic() < deadline:
+            chosen = rng.sample(ids, rng.randint(1, len(ids)))
+            body = {"action": "update", "ids": chosen, "set": {"description": f"{rng.random()}"}}
+            response = own.post(f"{tasks_url}/bulk", json=body)
+            assert response.status_code == 200
+            with counts:
+                for result in response.get_json()["results"]:
+                    assert result["status"] == 200
+                    bulked[result["id"]] += 1
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(toggler, n) for n in range(4)]
+        futures += [pool.submit(bulker, 100 + n) for n in range(4)]
+        for future in futures:
+            future.result()
+
+    assert sum(bulked.values()) > 0 and sum(toggled.values()) > 0
+    for task_id in ids:
+        final = client.get(f"{tasks_url}/{task_id}").get_json()
+        assert final["version"] == 1 + toggled[task_id] + bulked[task_id]
+        assert final["completed"] is (toggled[task_id] % 2 == 1)

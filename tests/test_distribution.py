@@ -19,14 +19,14 @@ from sqlalchemy.sql.selectable import Alias, Join, Select
 
 from tasks_api.db import Query
 from tasks_api.models import TASKS, Base
-from tasks_api.repository import changes, keys, listing, lists, tasks, writes
+from tasks_api.repository import bulk, changes, keys, listing, lists, tasks, writes
 from tasks_api.repository.tasks import Place
 
 DIALECTS = {
     "postgresql": postgresql.psycopg.dialect(),  # type: ignore[no-untyped-call]
     "sqlite": sqlite.dialect(),
 }
-MODULES = (tasks, listing, lists, keys, changes, writes)
+MODULES = (tasks, listing, lists, keys, changes, writes, bulk)
 # The statement factories below enumerate; a new one must be added here to be checked.
 FACTORIES = {
     "listing.list_query",
@@ -38,6 +38,7 @@ FACTORIES = {
     "lists._change",
     "lists._delete",
     "keys._claim_query",
+    "bulk._write",
     "keys._record",
 }
 # Deleting the expired idempotency keys and tombstones of every user at once is
@@ -106,12 +107,41 @@ def statements() -> Iterator[tuple[str, Any, list[str]]]:
             names = {*fields, *(["completed"] if "status" in fields else [])}
             change = tasks._change(tuple(sorted(names)), False, None, Place())
             yield from written(f"update {sorted(names)}", change)
+    yield from bulk_writes()
     for if_match in (None, 0, 3):
         yield from written(f"toggle {if_match}", tasks._change((), True, if_match, Place()))
         yield from written(f"delete task {if_match}", tasks._delete(if_match))
         yield from written(f"delete list {if_match}", lists._delete(if_match))
         for order in (None, "last", "first", "after", "before"):
             yield from written(f"list {order} {if_match}", lists._change(if_match, order))
+
+
+def bulk_writes() -> Iterator[tuple[str, Any, list[str]]]:
+    """Every kind of bulk action's statement, as each database runs it. (Each update
+    field alone and all at once: fields change values, not what is read.)"""
+    places = [Place(), Place(list_given=True), Place(parent_given=True), Place(True, True)]
+    variants: list[tuple[str, tuple[str, ...], Place, bool]] = [
+        ("complete", ("completed",), Place(), False),
+        ("reopen", ("completed",), Place(), True),
+        ("delete", (), Place(), False),
+        ("delete", (), Place(), True),
+    ]
+    variants += [("move", (), Place(p.list_given, p.parent_given, "last"), True) for p in places]
+    everything = tuple(sorted({*WRITE_FIELDS, "completed"}))
+    for fields in [*((f,) for f in WRITE_FIELDS), everything]:
+        names = tuple(sorted({*fields, *(["completed"] if "status" in fields else [])}))
+        variants += [("update", names, place, False) for place in places]
+    for action, fields, place, atomic in variants:
+        for dialect in DIALECTS:
+            variant = bulk.Variant(dialect, action, fields, place, atomic)  # type: ignore[arg-type]
+            write = bulk._write(variant)
+            name = f"bulk {action} {fields} {place} {atomic} {dialect}"
+            if dialect == "postgresql":
+                yield name, write._statement[0].statement, [dialect]
+            else:
+                yield f"{name} plan", write.plan, [dialect]
+                for step, query in write._sqlite_steps:
+                    yield f"{name} {step}", query.statement, [dialect]
 
 
 def written(name: str, write: writes.Write) -> Iterator[tuple[str, Any, list[str]]]:

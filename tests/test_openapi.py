@@ -36,6 +36,10 @@ OPERATIONS = {
         "moveTask",
         {200, 400, 404, 409, 412, 413, 415, 422, 503} | SECURED,
     ),
+    ("post", "/api/{user_id}/tasks/bulk"): (
+        "bulkTasks",
+        {200, 400, 409, 413, 415, 422, 503} | SECURED,
+    ),
     ("post", "/api/{user_id}/lists"): ("createList", {201, 400, 409, 413, 415, 422, 503} | SECURED),
     ("get", "/api/{user_id}/lists"): ("listLists", {200, 422, 503} | SECURED),
     ("get", "/api/{user_id}/lists/{list_id}"): ("getList", {200, 304, 404, 422, 503} | SECURED),
@@ -163,6 +167,10 @@ def test_component_schema_names_are_readable(spec: dict[str, Any]) -> None:
         "ListCreate",
         "ListUpdate",
         "ListMove",
+        "Bulk",
+        "BulkPlace",
+        "BulkResult",
+        "BulkResults",
         "Problem",
         "Health",
     }

@@ -165,3 +165,27 @@ def test_the_organizing_walk_through_in_docs_api_runs_as_written(
     feed = json.loads(result.stdout.rsplit("\n", 1)[-1])  # the last body, on one line
     assert len(feed["deleted_lists"]) == 1 and len(feed["deleted"]) == 3
     assert (feed["changes"], feed["lists"]) == ([], [])
+
+
+def test_the_bulk_walk_through_in_docs_api_runs_as_written(served: tuple[Path, int]) -> None:
+    clone, port = served
+    page = (ROOT / "docs" / "api.md").read_text()
+    section = page.split("## Many at once", 1)[1]
+    (walk_through,) = re.findall(r"^```sh\n(.*?)^```", section.split("\n## ", 1)[0], re.M | re.S)
+    script = walk_through.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+
+    result = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + script],
+        cwd=clone,
+        env=shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    promised = re.findall(r"→ (\d{3})", walk_through)
+    answered = re.findall(r"HTTP/1\.1 (\d{3}) ", result.stdout)
+    assert answered == promised, result.stdout
+    last = json.loads(result.stdout.rsplit("\n", 1)[-1])  # the last body, on one line
+    assert [r["status"] for r in last["results"]] == [204, 204]

@@ -266,3 +266,30 @@ def test_a_move_that_respaces_its_group_takes_one_round_trip(
     # The group was respaced: the crowded keys are short again, and so re-versioned.
     assert all(len(listed[task_id]["position"]) == 10 for task_id in ids)
     assert listed[ids[0]]["version"] > 1 and listed[ids[1]]["version"] > 1
+
+
+def test_a_bulk_request_takes_one_round_trip_whatever_its_size(
+    trips: Counter, counted_app: Flask
+) -> None:
+    user = f"user-{uuid.uuid4().hex}"
+    client = counted_app.test_client()
+    tasks = f"/api/{user}/tasks"
+    lists = f"/api/{user}/lists"
+    list_id = client.post(lists, json={"title": "L"}).get_json()["id"]
+    ids = [client.post(tasks, json={"title": f"t{n}"}).get_json()["id"] for n in range(100)]
+    for n in range(0, 100, 10):  # some with subtasks, to cascade
+        client.post(tasks, json={"title": "below", "parent_id": ids[n]})
+    bulk = f"{tasks}/bulk"
+
+    assert trips("POST", bulk, json={"action": "complete", "ids": ids[:1]}) == 1
+    assert trips("POST", bulk, json={"action": "complete", "ids": ids}) == 1
+    assert trips("POST", bulk, json={"action": "reopen", "ids": ids, "atomic": True}) == 1
+    assert trips("POST", bulk, json={"action": "move", "ids": ids, "to": {"list_id": list_id}}) == 1
+    assert trips("POST", bulk, json={"action": "update", "ids": ids, "set": {"title": "x"}}) == 1
+
+    def keyed() -> tuple[str, dict[str, Any]]:
+        body = {"action": "update", "ids": ids, "set": {"priority": "high"}}
+        return bulk, {"json": body, "headers": {"Idempotency-Key": uuid.uuid4().hex}}
+
+    assert trips("POST", keyed) == 2
+    assert trips("POST", bulk, json={"action": "delete", "ids": ids}) == 1

@@ -20,14 +20,17 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     cast,
     delete,
     exists,
     func,
     literal_column,
+    null,
     or_,
     select,
 )
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -111,14 +114,7 @@ def _record(dialect: str, resource: str) -> Query:
     made = and_(
         table.c.user_id == owner(), table.c.id == bindparam("created_id", type_=table.c.id.type)
     )
-    pairs: list[Any] = []
-    for column in columns:
-        value: Any = column
-        if dialect == "sqlite" and column.key == "tags":
-            value = func.json(column)  # stored as JSON text: embed it as an array
-        pairs += [literal_column(f"'{column.key}'"), value]  # a name, not a parameter
-    encode = func.json_build_object if dialect == "postgresql" else func.json_object
-    row = select(cast(encode(*pairs), Text)).where(made).scalar_subquery()
+    row = select(cast(_encoded(dialect, columns), Text)).where(made).scalar_subquery()
     return Query(
         KEYS.update()
         .where(*_KEY, exists().where(made))
@@ -131,9 +127,63 @@ def _record(dialect: str, resource: str) -> Query:
     )
 
 
+def _encoded(dialect: str, columns: Any) -> Any:
+    """A row as the database encodes it in JSON (`replayed` decodes it)."""
+    pairs: list[Any] = []
+    for column in columns:
+        value: Any = column
+        if dialect == "sqlite" and column.key == "tags":
+            value = func.json(column)  # stored as JSON text: embed it as an array
+        pairs += [literal_column(f"'{column.key}'"), value]  # a name, not a parameter
+    encode = func.json_build_object if dialect == "postgresql" else func.json_object
+    return encode(*pairs)
+
+
+def recorded_bulk(plan: Any, returned: Any) -> Any:
+    """PostgreSQL: the step of a bulk statement that records its results under the
+    request's key (`key_name`), in the same statement: per task asked for, in order,
+    its verdict, the version it had, and the task as changed (`returned`'s row)."""
+    task = (
+        case((returned.c.id.is_not(None), _encoded("postgresql", returned.c)), else_=null())
+        if len(returned.c) > 1
+        else null()
+    )
+    result = func.json_build_object(
+        literal_column("'asked'"),
+        plan.c.asked,
+        literal_column("'verdict'"),
+        plan.c.verdict,
+        literal_column("'old_version'"),
+        plan.c.old_version,
+        literal_column("'task'"),
+        task,
+    )
+    results = (
+        select(cast(func.json_agg(aggregate_order_by(result, plan.c.n)), Text))
+        .select_from(plan.outerjoin(returned, returned.c.id == plan.c.id))
+        .scalar_subquery()
+    )
+    return (
+        KEYS.update()
+        .where(*_KEY)
+        .values(status=bindparam("response_status"), resource="bulk", response=results)
+    )
+
+
+def record_bulk(conn: Connection, *, user_id: str, key: str, results: Any) -> None:
+    """SQLite: record a bulk request's results (as `recorded_bulk` encodes them)."""
+    _RECORD_BULK.rowcount(
+        conn, owner=user_id, key_name=key, response_status=200, results=json.dumps(results)
+    )
+
+
 def replayed(record: Mapping[str, Any]) -> Row:
     """The row a record holds, as the database returned it when it was created."""
-    row: dict[str, Any] = json.loads(record["response"])
+    return replayed_row(json.loads(record["response"]))
+
+
+def replayed_row(row: dict[str, Any]) -> Row:
+    """A row the database encoded in JSON, decoded as it returns rows."""
     for name in _UUIDS:
         if row.get(name) is not None:
             row[name] = uuid.UUID(row[name])
@@ -162,4 +212,9 @@ def purge_keys(conn: Connection) -> int:
 _KEY = (KEYS.c.user_id == owner(), KEYS.c.key == bindparam("key_name"))
 _KEY_RECORD = Query(select(KEYS).where(*_KEY))
 _RELEASE = Query(delete(KEYS).where(*_KEY, KEYS.c.status.is_(None)))
+_RECORD_BULK = Query(
+    KEYS.update()
+    .where(*_KEY)
+    .values(status=bindparam("response_status"), resource="bulk", response=bindparam("results"))
+)
 _PURGE = Query(delete(KEYS).where(KEYS.c.created_at < timestamp("expired_before")))

@@ -149,7 +149,7 @@ def _over_group(
     )
 
 
-def _subtasks(parent: Any, *where: Callable[[FromClause], ColumnElement[bool]]) -> Any:
+def count_subtasks(parent: Any, *where: Callable[[FromClause], ColumnElement[bool]]) -> Any:
     """How many subtasks `parent` has (that satisfy `where`)."""
     s = TASKS.alias("s")
     return (
@@ -193,7 +193,7 @@ def _destination(found: FromClause, place: Place, *, moving: Any) -> Select[Any]
         if moving is not None:
             problems += [
                 (to_parent == moving, "parent_self"),
-                (and_(to_parent.is_not(None), _subtasks(moving) > 0), "has_subtasks"),
+                (and_(to_parent.is_not(None), count_subtasks(moving) > 0), "has_subtasks"),
             ]
         if place.list_given:
             problems.append(
@@ -206,7 +206,7 @@ def _destination(found: FromClause, place: Place, *, moving: Any) -> Select[Any]
         joins = parent.is_not(None)
         if moving is not None:
             joins = and_(joins, parent.is_distinct_from(found.c.old_parent_id))
-        problems.append((and_(joins, _subtasks(parent) >= MAX_SUBTASKS), "subtask_limit"))
+        problems.append((and_(joins, count_subtasks(parent) >= MAX_SUBTASKS), "subtask_limit"))
     problem = case(*problems, else_=null()) if problems else null()
     if moving is None and not place.parent_given:  # a new top-level task: no parent to read
         return select(
@@ -363,7 +363,7 @@ _DONE, _TODO = (
 )
 
 
-def _open(status: Any) -> ColumnElement[int]:
+def open_count(status: Any) -> ColumnElement[int]:
     return case((status != literal("done"), 1), else_=0)
 
 
@@ -451,7 +451,7 @@ def _create(place: Place) -> Write:
         case((respace, position_nth(slot)), else_=key).label("position"),
         respace.label("respace"),
         slot.label("slot"),
-        _open(bindparam("new_status", type_=TASKS.c.status.type)).label("opened"),
+        open_count(bindparam("new_status", type_=TASKS.c.status.type)).label("opened"),
         (1 + siblings).label("entries"),
     ).select_from(around)
 
@@ -700,26 +700,55 @@ def _create_in_inbox(conn: Connection, task: Mapping[str, Any], *, then: Any) ->
 # --- changing: PUT, completion, move ---------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1024)
-def _change(fields: tuple[str, ...], toggle: bool, if_match: int | None, place: Place) -> Write:
-    """A change of the task `task_id`: `fields` set from parameters of their names,
-    `toggle` flips its completion, `place` says where it goes."""
-    task = task_id_param()
-    found = stage(_found(), "found")
+@dataclass(frozen=True)
+class Many:
+    """A plan of several tasks (tasks_api/repository/bulk.py): `asked(id)` says whether
+    a task id is one of the request's."""
+
+    asked: Callable[[Any], ColumnElement[bool]]
+
+    def others(self, s: FromClause) -> ColumnElement[bool]:
+        """The task row `s` is not one of the request's."""
+        return ~self.asked(s.c.id)
+
+
+def change_plan(
+    found: CTE,
+    *,
+    task: Any | None,
+    fields: tuple[str, ...],
+    toggle: bool,
+    version_ok: Callable[[Any], ColumnElement[bool]],
+    place: Place,
+    many: Many | None = None,
+) -> tuple[Select[Any], bool, bool]:
+    """The plan of a change of the task `task` (a row of `found`): `fields` set from
+    parameters of their names, `toggle` flips its completion, `place` says where it goes;
+    and whether its status may change and whether it may move. With `many`, `found` has a
+    row per task, each with its own `base`, and a task of the request is left to its own
+    row: no other row's cascade counts or changes it. `task` None: each row's own id."""
+
+    def moving(stage: FromClause) -> Any:  # the task, as the stage reading it names it
+        return stage.c.old_id if task is None else task
+
     # Only what the variant can need: a write that names no list, parent or place keeps
     # the task where it is; one that cannot change its status cascades nothing.
     moves = place.list_given or place.parent_given or place.order != "keep"
     status_may_change = toggle or "status" in fields or "completed" in fields
     if moves:
-        dest = stage(_destination(found, place, moving=task), "dest")
-        placed = stage(_neighbours(dest, place.order, moving=task), "placed")
+        dest = stage(_destination(found, place, moving=moving(found)), "dest")
+        placed = stage(_neighbours(dest, place.order, moving=moving(dest)), "placed")
         around, respace = _keyed(placed, placed.c.old_position, place.order)
         a = around.c
-        slot, siblings = _respacing(around, place.order, moving=task, respace=respace)
+        slot, siblings = _respacing(around, place.order, moving=moving(around), respace=respace)
         position: Any = case((respace, position_nth(slot)), else_=a.key)
         to_list, to_parent = a.to_list, a.to_parent
         p_status: Any = a.p_status
         problem: Any = a.place_problem
+        if many is not None:  # each appends: out of range, it is refused, not respaced
+            problem = func.coalesce(problem, case((respace, "crowded")))
+            respace, slot, siblings = false(), literal(0), literal(0)
+            position = a.key
     else:
         around, a = found, found.c
         respace, slot, siblings = false(), literal(0), literal(0)
@@ -751,9 +780,15 @@ def _change(fields: tuple[str, ...], toggle: bool, if_match: int | None, place: 
     moves_list = to_list.is_distinct_from(a.old_list_id)
     # Its subtasks follow it to another list; completing it completes the open ones.
     cascades = and_(a.old_parent_id.is_(None), or_(completes, moves_list))
-    opened_below = case((cascades, _subtasks(task, lambda s: s.c.status != "done")), else_=0)
+    others: tuple[Callable[[FromClause], ColumnElement[bool]], ...] = ()
+    if many is not None:
+        others = (many.others,)
+    me = moving(around)
+    opened_below = case(
+        (cascades, count_subtasks(me, lambda s: s.c.status != "done", *others)), else_=0
+    )
     changed_below = case(
-        (and_(cascades, moves_list), _subtasks(task)), (cascades, opened_below), else_=0
+        (and_(cascades, moves_list), count_subtasks(me, *others)), (cascades, opened_below), else_=0
     )
     # Making a subtask not done again while its parent is done makes the parent todo.
     reopens = and_(
@@ -766,7 +801,7 @@ def _change(fields: tuple[str, ...], toggle: bool, if_match: int | None, place: 
     when_changed = case((changed, 1), else_=0)
     verdict = case(
         (a.old_id.is_(None), "not_found"),
-        (~matches(a.old_version, if_match), "stale"),
+        (~version_ok(a), "stale"),
         else_=func.coalesce(problem, OK),
     )
     plan = select(
@@ -789,8 +824,8 @@ def _change(fields: tuple[str, ...], toggle: bool, if_match: int | None, place: 
         case((reopens, true()), else_=false()).label("reopens"),
         respace.label("respace"),
         slot.label("slot"),
-        (_open(a.old_status) + opened_below).label("before"),
-        (_open(status) + case((completes, 0), else_=opened_below) + reopened).label("after"),
+        (open_count(a.old_status) + opened_below).label("before"),
+        (open_count(status) + case((completes, 0), else_=opened_below) + reopened).label("after"),
         (when_changed + changed_below + reopened + siblings).label("entries"),
     ).select_from(around)
     if "tags" in fields:
@@ -799,20 +834,62 @@ def _change(fields: tuple[str, ...], toggle: bool, if_match: int | None, place: 
         )
     else:
         plan = plan.add_columns(a.old_tag_keys.label("tag_keys"))
+    if many is not None:
+        plan = plan.add_columns(a.n, a.asked, a.old_parent_id)
+    return plan, status_may_change, moves
+
+
+def changed_step(plan: FromClause, *, task: Any) -> UpdateBase:
+    """The step that writes the task's row as the plan says."""
+    written = (*TASK_VALUES, "tag_keys", "completed", "completed_at", "version", "updated_at")
+    return (
+        update(TASKS)
+        .where(
+            TASKS.c.user_id == owner(),
+            TASKS.c.id == task,
+            TASKS.c.id == plan.c.id,
+            plan.c.verdict == OK,
+        )
+        .values({name: plan.c[name] for name in (*written, "change_position")})
+        .returning(*COLUMNS)
+    )
+
+
+# What a change writes from its plan, besides the bookkeeping.
+TASK_VALUES = (
+    "title",
+    "description",
+    "priority",
+    "due_date",
+    "tags",
+    "status",
+    "list_id",
+    "parent_id",
+    "position",
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def _change(fields: tuple[str, ...], toggle: bool, if_match: int | None, place: Place) -> Write:
+    """A change of the task `task_id`: `fields` set from parameters of their names,
+    `toggle` flips its completion, `place` says where it goes."""
+    task = task_id_param()
+    found = stage(_found(), "found")
+    plan, status_may_change, moves = change_plan(
+        found,
+        task=task,
+        fields=fields,
+        toggle=toggle,
+        version_ok=lambda a: matches(a.old_version, if_match),
+        place=place,
+    )
 
     def steps(plan: FromClause) -> list[tuple[str, UpdateBase]]:
-        written = (*values, "tag_keys", "completed", "completed_at", "version", "updated_at")
-        changed = (
-            update(TASKS)
-            .where(TASKS.c.user_id == owner(), TASKS.c.id == plan.c.id, plan.c.verdict == OK)
-            .values({name: plan.c[name] for name in (*written, "change_position")})
-            .returning(*COLUMNS)
-        )
-        steps: list[tuple[str, UpdateBase]] = [("changed", changed)]
+        steps: list[tuple[str, UpdateBase]] = [("changed", changed_step(plan, task=task))]
         if status_may_change or moves:
-            steps.append(("below", _below(plan)))
+            steps.append(("below", below_step(plan)))
         if status_may_change:
-            steps.append(("parent", _reopened(plan)))
+            steps.append(("parent", reopened_step(plan)))
         if moves:
             steps.append(("respaced", _respaced(plan, task=task, first=_after_below(plan) + 1)))
         if status_may_change or moves:
@@ -832,22 +909,32 @@ def _after_below(plan: FromClause) -> Any:
     return plan.c.base + 1 + plan.c.below + case((plan.c.reopens, 1), else_=0)
 
 
-def _below(plan: FromClause) -> UpdateBase:
+def below_step(plan: FromClause, many: Many | None = None) -> UpdateBase:
     """The step that carries a change to the task's subtasks: to its new list, and done
-    when it became done."""
+    when it became done. (Each subtask reads its own parent's plan row: with `many`
+    there is one per task, and a task of the request is left to its own.)"""
     s = TASKS.alias("s")
     numbered = (
-        select(s.c.id, func.row_number().over(order_by=(s.c.position, s.c.id)).label("n"))
+        select(
+            s.c.id,
+            func.row_number()
+            .over(partition_by=s.c.parent_id, order_by=(s.c.position, s.c.id))
+            .label("n"),
+            plan.c.base,
+            plan.c.list_id,
+            plan.c.completes,
+        )
         .where(
             s.c.user_id == owner(),
             s.c.parent_id == plan.c.id,
             plan.c.verdict == OK,
             plan.c.below > 0,
             or_(plan.c.moves_list, s.c.status != "done"),
+            *([many.others(s)] if many is not None else []),
         )
         .subquery("numbered")
     )
-    completes = plan.c.completes
+    completes = numbered.c.completes
     return (
         update(TASKS)
         .where(
@@ -856,7 +943,7 @@ def _below(plan: FromClause) -> UpdateBase:
             only_if(plan, plan.c.below > 0),
         )
         .values(
-            list_id=plan.c.list_id,
+            list_id=numbered.c.list_id,
             status=case((completes, _DONE), else_=TASKS.c.status),
             completed=case((completes, true()), else_=TASKS.c.completed),
             completed_at=case(
@@ -865,12 +952,12 @@ def _below(plan: FromClause) -> UpdateBase:
             ),
             version=TASKS.c.version + 1,
             updated_at=timestamp("now"),
-            change_position=plan.c.base + 1 + numbered.c.n,
+            change_position=numbered.c.base + 1 + numbered.c.n,
         )
     )
 
 
-def _reopened(plan: FromClause) -> UpdateBase:
+def reopened_step(plan: FromClause) -> UpdateBase:
     """The step that makes the parent todo again, when the plan says so."""
     return (
         update(TASKS)
@@ -915,11 +1002,7 @@ def update_task(
     siblings. `version` and `updated_at` move only when a value really differs, so
     repeating an update changes nothing.
     """
-    values = {k: v for k, v in changes.items() if k not in ("list_id", "parent_id")}
-    if "status" in values:
-        values["completed"] = values["status"] == "done"
-    if "tags" in values:
-        values["tag_keys"] = [tag_key(tag) for tag in values["tags"]]
+    values = written_values(changes)
     if PLAIN.issuperset(values) and not {"list_id", "parent_id"} & set(changes):
         return _update_plainly(conn, user_id, task_id, values, versions)
     place = Place(list_given="list_id" in changes, parent_given="parent_id" in changes)
@@ -927,6 +1010,17 @@ def update_task(
     params = _change_params(user_id, task_id, versions)
     params |= {"to_list": changes.get("list_id"), "to_parent": changes.get("parent_id")}
     return write.run(conn, **params, **values)
+
+
+def written_values(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of a change's fields (a list or parent is a place, not one), with
+    what follows from them: `completed` from `status`, the tags' case-folded keys."""
+    values = {k: v for k, v in changes.items() if k not in ("list_id", "parent_id")}
+    if "status" in values:
+        values["completed"] = values["status"] == "done"
+    if "tags" in values:
+        values["tag_keys"] = [tag_key(tag) for tag in values["tags"]]
+    return values
 
 
 def set_completed(
@@ -987,9 +1081,9 @@ def _delete(if_match: int | None) -> Write:
     task = task_id_param()
     found = stage(_found(), "found")
     f = found.c
-    below = case((f.old_parent_id.is_(None), _subtasks(task)), else_=0)
+    below = case((f.old_parent_id.is_(None), count_subtasks(task)), else_=0)
     opened = case(
-        (f.old_parent_id.is_(None), _subtasks(task, lambda s: s.c.status != "done")), else_=0
+        (f.old_parent_id.is_(None), count_subtasks(task, lambda s: s.c.status != "done")), else_=0
     )
     verdict = case(
         (f.old_id.is_(None), "not_found"),
@@ -1001,7 +1095,7 @@ def _delete(if_match: int | None) -> Write:
         f.base,
         f.old_version,
         f.old_list_id.label("list_id"),
-        (_open(f.old_status) + opened).label("opened"),
+        (open_count(f.old_status) + opened).label("opened"),
         (1 + below).label("entries"),
     ).select_from(found)
 

@@ -14,6 +14,7 @@ from typing import Any, NoReturn, TypeVar
 import flask_smorest
 import marshmallow as ma
 from flask import Request, Response, current_app, request, url_for
+from sqlalchemy import Connection
 from webargs.core import is_json, missing
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
@@ -210,6 +211,26 @@ def refuse(outcome: Outcome, resource: str) -> NoReturn:
     errors.refused(verdict, resource)
 
 
+def recorded(conn: Connection, *, user_id: str, key: str, request_hash: str, what: str) -> Row:
+    """The record of `key`, which an earlier request claimed: a 409 while that one is
+    in flight, a 422 if it had another body (a new `what` needs a new key)."""
+    record = keys.key_record(conn, user_id=user_id, key=key)
+    if record is None or record["status"] is None:
+        errors.conflict(
+            "A request with this Idempotency-Key is still being processed; retry shortly.",
+            retry_after=1,
+        )
+    if record["request_hash"] != request_hash:
+        errors.validation_failed(
+            {
+                "Idempotency-Key": [
+                    f"Already used with another body; use a new key for a new {what}."
+                ]
+            }
+        )
+    return record
+
+
 def create_once(
     resource: str,
     *,
@@ -242,20 +263,7 @@ def create_once(
             keys.release_key(conn, user_id=user_id, key=key)
             refuse(outcome, resource)
         return respond(outcome.rows[0])
-    record = keys.key_record(conn, user_id=user_id, key=key)
-    if record is None or record["status"] is None:
-        errors.conflict(
-            "A request with this Idempotency-Key is still being processed; retry shortly.",
-            retry_after=1,
-        )
-    if record["request_hash"] != request_hash:
-        errors.validation_failed(
-            {
-                "Idempotency-Key": [
-                    f"Already used with another body; use a new key for a new {resource}."
-                ]
-            }
-        )
+    record = recorded(conn, user_id=user_id, key=key, request_hash=request_hash, what=resource)
     if record["resource"] is None:  # recorded before lists existed: the body as it was sent
         response = current_app.response_class(
             record["response"], status=record["status"], mimetype="application/json"

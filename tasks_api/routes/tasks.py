@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
@@ -10,9 +11,10 @@ from flask import Response, url_for
 from flask.views import MethodView
 
 from .. import db, errors, pages
-from ..repository import listing
+from ..repository import bulk, keys, listing
 from ..repository import tasks as repository
 from ..repository.writes import OK, Outcome, Row
+from ..schemas.bulk import BulkResultsSchema, BulkSchema, expected_version
 from ..schemas.fields import IdempotencyHeadersSchema
 from ..schemas.tasks import (
     TaskCompletionSchema,
@@ -36,6 +38,7 @@ from .base import (
     json_response,
     not_modified,
     operation,
+    recorded,
     refuse,
 )
 
@@ -267,3 +270,96 @@ class TaskMove(MethodView):
                 versions=if_match(),
             )
         )
+
+
+@tasks.route("/bulk")
+class TaskBulk(MethodView):
+    init_every_request = False
+
+    @operation("bulkTasks", 400, 401, 403, 409, 413, 415, 422, 503)
+    @tasks.arguments(IdempotencyHeadersSchema(), location="headers")
+    @tasks.arguments(BulkSchema())
+    @tasks.response(
+        200,
+        BulkResultsSchema,
+        description="A result per id, in the order sent (for a repeated Idempotency-Key, "
+        "the first response).",
+        headers=REPLAYED_HEADER,
+    )
+    def post(self, headers: dict[str, Any], body: dict[str, Any], user_id: str) -> Response:
+        """Apply one action to up to 100 tasks
+
+        `complete`, `reopen`, `delete`, `move` (with `to`: to the end of that list or
+        parent's subtasks, in the order the tasks had) or `update` (with `set`: the fields
+        of a `PUT`). Each task changes as its own route would change it; a task asked
+        for is changed by its own result only (not by a cascade from another one asked
+        for), and every rule is checked against the tasks as they were when the request
+        came. With `atomic: true`, all or nothing: if any id would not be 200 or 204,
+        nothing changes and the answer is a 409 whose `errors` name each failing id.
+        With an `Idempotency-Key`, as on create: a repeat within 24 hours returns the
+        first response and changes nothing.
+        """
+        conn = db.connection()
+        key = headers.get("idempotency_key")
+        if key is not None:
+            sent = {**body, "if_match": {str(k): v for k, v in body.get("if_match", {}).items()}}
+            request_hash = fingerprint(sent, "bulk")
+            if not keys.claim_key(conn, user_id=user_id, key=key, request_hash=request_hash):
+                record = recorded(
+                    conn, user_id=user_id, key=key, request_hash=request_hash, what="request"
+                )
+                response = _bulk_response(bulk.replayed(record), body)
+                response.headers["Idempotent-Replayed"] = "true"
+                return response
+        expect = {task: expected_version(tag) for task, tag in body.get("if_match", {}).items()}
+        try:
+            results = bulk.run(
+                conn,
+                user_id=user_id,
+                action=body["action"],
+                ids=body["ids"],
+                expect=expect,
+                changes=body.get("to", body.get("set")),
+                atomic=body["atomic"],
+                key=key,
+            )
+        except Exception:
+            if key is not None:
+                with contextlib.suppress(Exception):
+                    keys.release_key(conn, user_id=user_id, key=key)
+            raise
+        return _bulk_response(results, body, key=key, user_id=user_id)
+
+
+def _bulk_response(
+    results: list[bulk.Result], body: dict[str, Any], *, key: str | None = None, user_id: str = ""
+) -> Response:
+    """The results, or the 409 of an all-or-nothing request one task failed (which
+    leaves its key free for a retry)."""
+    answers = [_bulk_result(result, body["action"]) for result in results]
+    failing = {
+        answer["id"]: [
+            f"{answer['status']}: {message}"
+            for messages in answer.get("errors", {}).values()
+            for message in messages
+        ]
+        for answer in answers
+        if answer["status"] >= 400
+    }
+    if body["atomic"] and failing:
+        if key is not None:
+            keys.release_key(db.connection(), user_id=user_id, key=key)
+        errors.nothing_changed(failing)
+    return json_response({"results": answers})
+
+
+def _bulk_result(result: bulk.Result, action: str) -> dict[str, Any]:
+    if result.verdict == OK:
+        if action == "delete":
+            return {"id": str(result.id), "status": 204}
+        assert result.task is not None  # an ok change returns its row
+        return {"id": str(result.id), "status": 200, "task": dump_task(result.task)}
+    if result.verdict == bulk.HELD:
+        return {"id": str(result.id), "status": 200}
+    status, problems = errors.outcome(result.verdict)
+    return {"id": str(result.id), "status": status, "errors": problems}
