@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,17 +141,20 @@ def test_the_readme_stays_short() -> None:
     assert len(README.splitlines()) <= 250
 
 
-def test_the_organizing_walk_through_in_docs_api_runs_as_written(
-    served: tuple[Path, int],
-) -> None:
+def walk_through(served: tuple[Path, int], heading: str, ends: str) -> Any:
+    """Run the shell block of docs/api.md's section `heading` (up to `ends`) against the
+    served copy; check each status it promises (`→ 200`); return the last body."""
     clone, port = served
     page = (ROOT / "docs" / "api.md").read_text()
-    section = page.split("## Organizing: lists, subtasks and the manual order", 1)[1]
-    (walk_through,) = re.findall(r"^```sh\n(.*?)^```", section.split("\n### ", 1)[0], re.M | re.S)
-    script = walk_through.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    section = page.split(heading, 1)[1].split(ends, 1)[0]
+    (script,) = re.findall(r"^```sh\n(.*?)^```", section, re.M | re.S)
 
     result = subprocess.run(
-        ["bash", "-c", "set -euo pipefail\n" + script],
+        [
+            "bash",
+            "-c",
+            "set -euo pipefail\n" + script.replace("127.0.0.1:8000", f"127.0.0.1:{port}"),
+        ],
         cwd=clone,
         env=shell_env(),
         capture_output=True,
@@ -159,33 +163,20 @@ def test_the_organizing_walk_through_in_docs_api_runs_as_written(
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
-    promised = re.findall(r"→ (\d{3})", walk_through)
+    promised = re.findall(r"→ (\d{3})", script)
     answered = re.findall(r"HTTP/1\.1 (\d{3}) ", result.stdout)
     assert answered == promised, result.stdout
-    feed = json.loads(result.stdout.rsplit("\n", 1)[-1])  # the last body, on one line
+    return json.loads(result.stdout.rsplit("\n", 1)[-1])  # the last body, on one line
+
+
+def test_the_organizing_walk_through_in_docs_api_runs_as_written(
+    served: tuple[Path, int],
+) -> None:
+    feed = walk_through(served, "## Organizing: lists, subtasks and the manual order", "\n### ")
     assert len(feed["deleted_lists"]) == 1 and len(feed["deleted"]) == 3
     assert (feed["changes"], feed["lists"]) == ([], [])
 
 
 def test_the_bulk_walk_through_in_docs_api_runs_as_written(served: tuple[Path, int]) -> None:
-    clone, port = served
-    page = (ROOT / "docs" / "api.md").read_text()
-    section = page.split("## Many at once", 1)[1]
-    (walk_through,) = re.findall(r"^```sh\n(.*?)^```", section.split("\n## ", 1)[0], re.M | re.S)
-    script = walk_through.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-
-    result = subprocess.run(
-        ["bash", "-c", "set -euo pipefail\n" + script],
-        cwd=clone,
-        env=shell_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    promised = re.findall(r"→ (\d{3})", walk_through)
-    answered = re.findall(r"HTTP/1\.1 (\d{3}) ", result.stdout)
-    assert answered == promised, result.stdout
-    last = json.loads(result.stdout.rsplit("\n", 1)[-1])  # the last body, on one line
+    last = walk_through(served, "## Many at once", "\n## ")
     assert [r["status"] for r in last["results"]] == [204, 204]

@@ -371,13 +371,7 @@ class BulkWrite(Write):
             planned = Query(self.plan).rows(conn, **params)
             results = []
             for row in sorted(planned, key=lambda r: r["n"]):
-                bound = {f"plan_{name}": value for name, value in row.items()}
-                returned: Sequence[Row] = []
-                for name, step in self._sqlite_steps:
-                    if name == self.returns:
-                        returned = step.rows(conn, **params, **bound)
-                    else:
-                        step.rowcount(conn, **params, **bound)
+                returned = self._steps_on_sqlite(conn, row, params)
                 task = dict(returned[0]) if returned else None
                 results.append(
                     Result(uuid.UUID(row["asked"]), row["verdict"], row["old_version"], task)

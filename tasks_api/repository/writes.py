@@ -258,13 +258,7 @@ class Write:
             LOCK[dialect].rowcount(conn, **params)
             planned = Query(self.plan).row(conn, **params)
             assert planned is not None  # the user's row is there: one row
-            bound = {f"plan_{name}": value for name, value in planned.items()}
-            returned: Sequence[Row] = []
-            for name, step in self._sqlite_steps:
-                if name == self.returns:
-                    returned = step.rows(conn, **params, **bound)
-                else:
-                    step.rowcount(conn, **params, **bound)
+            returned = self._steps_on_sqlite(conn, planned, params)
             for query, then_params in after:
                 query.rowcount(conn, **then_params)
         except BaseException:
@@ -272,6 +266,19 @@ class Write:
             raise
         conn.exec_driver_sql("COMMIT")
         return Outcome(planned, returned)
+
+    def _steps_on_sqlite(
+        self, conn: Connection, planned: Row, params: Mapping[str, Any]
+    ) -> Sequence[Row]:
+        """SQLite: run the steps for a row of the plan; what the `returns` step returned."""
+        bound = {f"plan_{name}": value for name, value in planned.items()}
+        returned: Sequence[Row] = []
+        for name, step in self._sqlite_steps:
+            if name == self.returns:
+                returned = step.rows(conn, **params, **bound)
+            else:
+                step.rowcount(conn, **params, **bound)
+        return returned
 
     @functools.cached_property
     def _statement(self) -> tuple[Query, str]:
