@@ -307,7 +307,8 @@ def _flatten(messages: Mapping[str, Any]) -> dict[str, Any]:
     """webargs nests messages by location; clients want them by field.
 
     `{"json": {"title": [...], "_schema": [...]}}` becomes
-    `{"title": [...], "json": [...]}`: whole-location messages keep the location's name.
+    `{"title": [...], "json": [...]}`: whole-location messages keep the location's name;
+    a nested object's fields are dotted (`{"to": {"list_id": [...]}}`: `to.list_id`).
     """
     flat: dict[str, Any] = {}
     for location, fields in messages.items():
@@ -315,8 +316,18 @@ def _flatten(messages: Mapping[str, Any]) -> dict[str, Any]:
             flat[location] = fields
             continue
         for field, field_messages in fields.items():
-            flat[location if field == "_schema" else field] = field_messages
+            _put(flat, location if field == "_schema" else field, field_messages)
     return flat
+
+
+def _put(flat: dict[str, Any], name: str, messages: Any) -> None:
+    """A nested object's messages under dotted names: `to.list_id`, `set.title`."""
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            _put(flat, name if key == "_schema" else f"{name}.{key}", value)
+    else:
+        found = messages if isinstance(messages, list) else [str(messages)]
+        flat.setdefault(name, []).extend(found)
 
 
 class _Burst:

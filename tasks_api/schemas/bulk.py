@@ -9,7 +9,13 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import fields, validate
 
-from .fields import RequestSchema, ResponseSchema, StrictBoolean, nullable_id
+from .fields import (
+    RequestSchema,
+    ResponseSchema,
+    StrictBoolean,
+    flat_messages,
+    nullable_id,
+)
 from .tasks import TaskSchema, TaskUpdateSchema
 
 ACTIONS = ("complete", "reopen", "delete", "move", "update")
@@ -17,6 +23,18 @@ BULK_MAX = 100
 # What each action takes besides ids, if_match and atomic.
 TAKES = {"move": "to", "update": "set"}
 _STRONG_TAG = re.compile(r'"([0-9]{1,9})"')
+
+
+class Ids(fields.List[uuid.UUID]):
+    """Task ids whose item errors come as one list of messages (as `tags`' do)."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> list[uuid.UUID | None]:
+        try:
+            return super()._deserialize(value, attr, data, **kwargs)
+        except ma.ValidationError as error:
+            raise ma.ValidationError(flat_messages(error.messages)) from None
 
 
 class BulkPlaceSchema(RequestSchema):
@@ -38,7 +56,7 @@ class BulkSchema(RequestSchema):
             "`set`)."
         },
     )
-    ids = fields.List(
+    ids = Ids(
         fields.UUID(),
         required=True,
         validate=validate.Length(min=1, max=BULK_MAX),

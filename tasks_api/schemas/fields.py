@@ -71,12 +71,14 @@ class CalendarDate(fields.Date):
 _CONTROL = "\\u0000-\\u001f\\u007f-\\u009f"
 
 
-def _flat(messages: Any) -> list[str]:
+def flat_messages(messages: Any) -> list[str]:
     """An array's item errors as one list of messages, as a problem's `errors` promises:
     `{"2": ["Must ..."]}` becomes `["Item 2: Must ..."]`."""
     if not isinstance(messages, dict):
         return list(messages) if isinstance(messages, list) else [str(messages)]
-    return [f"Item {index}: {text}" for index, item in messages.items() for text in _flat(item)]
+    return [
+        f"Item {index}: {text}" for index, item in messages.items() for text in flat_messages(item)
+    ]
 
 
 class FlatList(fields.List[str]):
@@ -88,7 +90,7 @@ class FlatList(fields.List[str]):
         try:
             return super()._deserialize(value, attr, data, **kwargs)
         except ma.ValidationError as error:
-            raise ma.ValidationError(_flat(error.messages)) from None
+            raise ma.ValidationError(flat_messages(error.messages)) from None
 
 
 class FlatDelimitedList(DelimitedList):
@@ -98,7 +100,7 @@ class FlatDelimitedList(DelimitedList):
         try:
             return super()._deserialize(value, attr, data, **kwargs)  # type: ignore[no-untyped-call]
         except ma.ValidationError as error:
-            raise ma.ValidationError(_flat(error.messages)) from None
+            raise ma.ValidationError(flat_messages(error.messages)) from None
 
 
 class Tag(Text):
