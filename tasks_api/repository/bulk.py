@@ -255,7 +255,7 @@ def _change(variant: Variant) -> Write:
         plan = _all_or_nothing(stage(plan, "settled"))
 
     def steps(plan: FromClause) -> list[tuple[str, UpdateBase]]:
-        steps: list[tuple[str, UpdateBase]] = [("changed", changed_step(plan, task=plan.c.id))]
+        steps: list[tuple[str, UpdateBase]] = [("changed", changed_step(plan))]
         if status_may_change or moves:
             steps.append(("below", below_step(plan, many)))
         if status_may_change:

@@ -839,22 +839,6 @@ def change_plan(
     return plan, status_may_change, moves
 
 
-def changed_step(plan: FromClause, *, task: Any) -> UpdateBase:
-    """The step that writes the task's row as the plan says."""
-    written = (*TASK_VALUES, "tag_keys", "completed", "completed_at", "version", "updated_at")
-    return (
-        update(TASKS)
-        .where(
-            TASKS.c.user_id == owner(),
-            TASKS.c.id == task,
-            TASKS.c.id == plan.c.id,
-            plan.c.verdict == OK,
-        )
-        .values({name: plan.c[name] for name in (*written, "change_position")})
-        .returning(*COLUMNS)
-    )
-
-
 # What a change writes from its plan, besides the bookkeeping.
 TASK_VALUES = (
     "title",
@@ -867,6 +851,21 @@ TASK_VALUES = (
     "parent_id",
     "position",
 )
+
+
+def changed_step(plan: FromClause) -> UpdateBase:
+    """The step that writes the task's row as the plan says."""
+    written = (*TASK_VALUES, "tag_keys", "completed", "completed_at", "version", "updated_at")
+    return (
+        update(TASKS)
+        .where(
+            TASKS.c.user_id == owner(),
+            TASKS.c.id == plan.c.id,
+            plan.c.verdict == OK,
+        )
+        .values({name: plan.c[name] for name in (*written, "change_position")})
+        .returning(*COLUMNS)
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -885,7 +884,7 @@ def _change(fields: tuple[str, ...], toggle: bool, if_match: int | None, place: 
     )
 
     def steps(plan: FromClause) -> list[tuple[str, UpdateBase]]:
-        steps: list[tuple[str, UpdateBase]] = [("changed", changed_step(plan, task=task))]
+        steps: list[tuple[str, UpdateBase]] = [("changed", changed_step(plan))]
         if status_may_change or moves:
             steps.append(("below", below_step(plan)))
         if status_may_change:
