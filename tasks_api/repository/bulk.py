@@ -418,14 +418,14 @@ def replayed(record: Mapping[str, Any]) -> list[Result]:
 
 
 def _result(row: Mapping[str, Any]) -> Result:
-    task = {k: v for k, v in row.items() if not k.startswith("plan_")}
-    found = task.get("id") is not None
-    return Result(
-        row["plan_asked"],
-        row["plan_verdict"],
-        row["plan_old_version"],
-        task if found and len(task) > 1 else None,
+    task = dict(row)
+    asked, verdict, version = (
+        task.pop("plan_asked"),
+        task.pop("plan_verdict"),
+        task.pop("plan_old_version"),
     )
+    found = task.get("id") is not None
+    return Result(asked, verdict, version, task if found and len(task) > 1 else None)
 
 
 @functools.lru_cache(maxsize=256)
