@@ -14,7 +14,7 @@ run: .venv/.runtime
 	@PORT=$$($(BIN)/python -c 'import os, dotenv; dotenv.load_dotenv(); print(os.environ.get("PORT") or 8000)'); \
 	echo "tasks_api: serving http://127.0.0.1:$$PORT (docs: http://127.0.0.1:$$PORT/docs). Ctrl-C stops it."; \
 	echo "tasks_api: in another terminal, get a token with: make token USER=alice"; \
-	exec $(BIN)/gunicorn --config gunicorn.conf.py --bind "127.0.0.1:$$PORT" wsgi:app
+	exec $(BIN)/python -m tasks_api --bind "127.0.0.1:$$PORT"
 
 test: .venv/.dev
 	$(BIN)/pytest

@@ -1,4 +1,5 @@
-"""gunicorn settings for a PaaS: `gunicorn --config gunicorn.conf.py wsgi:app`.
+"""gunicorn settings for a PaaS: `python -m tasks_api` (the Procfile's web process) runs
+`gunicorn --config gunicorn.conf.py wsgi:app`.
 
 PaaS platforms set PORT and WEB_CONCURRENCY; a `.env` file in the project folder can
 set them too. gunicorn also reads this file by default when started from the project
@@ -7,21 +8,24 @@ folder.
 
 import os
 
-from dotenv import load_dotenv
+from tasks_api.config import ConfigError, ServerSettings
 
-# The same `.env` the app reads, so PORT and WEB_CONCURRENCY written there count here too.
-load_dotenv()
+try:
+    # `.env` too, as the app reads it: PORT and WEB_CONCURRENCY written there count here.
+    server = ServerSettings.from_env()
+except ConfigError as error:
+    raise SystemExit(f"tasks_api: {error}") from None
 
 # A platform that sets PORT routes to it from outside: listen on every interface. With
 # no PORT (a laptop), only this machine can connect.
-bind = f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else "127.0.0.1:8000"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+bind = "127.0.0.1:8000" if server.port is None else f"0.0.0.0:{server.port}"
+workers = server.workers
 # Each worker runs requests in threads (tasks_api/server.py: gunicorn's gthread worker,
 # with read deadlines, a drained accept queue on SIGTERM and problem+json errors), so a
 # request waiting on the database leaves the process free for others. DB_POOL_SIZE
 # defaults to the same number: one connection per thread, none waited for.
 worker_class = "tasks_api.server.Worker"
-threads = int(os.environ.get("WEB_THREADS", "4"))
+threads = server.threads
 # Under the 30 s that Heroku's router and SIGTERM-to-SIGKILL window allow.
 timeout = 25
 graceful_timeout = 25
@@ -32,7 +36,7 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = None
 # Only from these addresses are X-Forwarded-Proto and friends believed: 127.0.0.1 by
 # default; on a PaaS whose router is the only way in, FORWARDED_ALLOW_IPS='*'.
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+forwarded_allow_ips = server.forwarded_allow_ips
 # gunicorn 27's control socket (a fixed path in $HOME) is not needed on a PaaS, and
 # two instances on one machine would fight over it.
 control_socket_disable = True
@@ -47,8 +51,10 @@ def on_starting(server: object) -> None:
     """Check the settings and the database once, in the master, before any worker starts.
 
     A missing or malformed setting then stops gunicorn with one line that says what
-    to set, instead of every worker failing to boot with a traceback; a database whose
-    migrations have not run is named in the log before the first request fails.
+    to set, instead of every worker failing to boot with a traceback, and so does a
+    database that refuses the service for good (no such database, a wrong password): the
+    platform keeps the previous release. A database whose migrations have not run is
+    named in the log before the first request fails.
     """
     from tasks_api import db, logs
     from tasks_api.config import ConfigError, Settings
@@ -58,4 +64,5 @@ def on_starting(server: object) -> None:
     except ConfigError as error:
         raise SystemExit(f"tasks_api: {error}") from None
     logs.configure(settings)
-    db.log_schema_state(settings)
+    if not db.start_check(settings):
+        raise SystemExit(1)  # said in the log: the database refuses the service for good

@@ -34,7 +34,16 @@ CORS_ALLOW_HEADERS = [
     "If-None-Match",
     "Idempotency-Key",
 ]
-CORS_EXPOSE_HEADERS = ["ETag", "Link", "Location", "Retry-After", "X-Request-ID"]
+# What a script may read of an answer: every header the contract gives a meaning to.
+CORS_EXPOSE_HEADERS = [
+    "ETag",
+    "Link",
+    "Location",
+    "Retry-After",
+    "X-Request-ID",
+    "Idempotent-Replayed",
+    "WWW-Authenticate",
+]
 
 DESCRIPTION = """\
 Each user's to-do tasks, under `/api/{user_id}/tasks`.
@@ -85,6 +94,8 @@ def create_app(settings: Settings | None = None, *, instance_path: str | None = 
     )
     # Keep each schema's field order (id first) rather than sorting keys.
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # UTF-8 as is (RFC 8259): \uXXXX escapes made a page of non-Latin text up to 6x larger.
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions["tasks_api.settings"] = settings
     # Kept out of Flask's SECRET_KEY: with it set, Flask would open a cookie session on
     # every request, and this API has no sessions.
@@ -113,6 +124,7 @@ def create_app(settings: Settings | None = None, *, instance_path: str | None = 
             expose_headers=CORS_EXPOSE_HEADERS,
             max_age=600,
         )
+        app.after_request(_vary_on_origin)
     app.after_request(_security_headers)
 
     api = Api(app)
@@ -124,6 +136,15 @@ def create_app(settings: Settings | None = None, *, instance_path: str | None = 
     cli.register(app)
 
     return app
+
+
+def _vary_on_origin(response: Response) -> Response:
+    """`Vary: Origin` on every answer of a CORS route: flask-cors adds it only to an
+    allowed origin's answer, and only when several origins are configured, so a shared
+    cache could hand one origin's answer (or a no-CORS one) to another."""
+    if request.path.startswith("/api/"):
+        response.vary.add("Origin")
+    return response
 
 
 def _security_headers(response: Response) -> Response:

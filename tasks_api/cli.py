@@ -59,6 +59,27 @@ def upgrade_command(revision: str) -> None:
     transaction-mode pooler.
     """
     _report_move(db.upgrade, revision)
+    _check_serving_url()
+
+
+def _check_serving_url() -> None:
+    """The release step also connects with DATABASE_URL when migrations used another URL
+    (DATABASE_URL_UNPOOLED): a pooled URL the database refuses would otherwise ship,
+    and the release fails here, before the web process starts, with the fix."""
+    settings: Settings = current_app.extensions["tasks_api.settings"]
+    url = settings.database_url
+    if url is None or url == settings.migration_url:
+        return
+    try:
+        with db.connected_once(url) as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except DBAPIError as error:
+        fix = db.refused_for_good(error)
+        if fix is not None:
+            raise CLIError(
+                f"DATABASE_URL is refused: {db.driver_message(error)}. Fix: {fix}"
+            ) from None
+        click.echo(f"DATABASE_URL not reachable now: {db.driver_message(error)}", err=True)
 
 
 # `-1` is an argument here, not an option.

@@ -109,7 +109,7 @@ class Settings:
             db_pool_size=_integer(
                 "DB_POOL_SIZE",
                 get("DB_POOL_SIZE"),
-                _integer("WEB_THREADS", get("WEB_THREADS"), 4, minimum=1),
+                _integer("WEB_THREADS", get("WEB_THREADS"), 4, minimum=1, maximum=256),
                 minimum=1,
             ),
             db_pool_timeout=_seconds("DB_POOL_TIMEOUT", get("DB_POOL_TIMEOUT"), 5.0),
@@ -140,6 +140,35 @@ class Settings:
         return self.database_url_unpooled or self.database_url
 
 
+@dataclass(frozen=True)
+class ServerSettings:
+    """What gunicorn.conf.py takes from the environment, as PaaS platforms set it."""
+
+    port: int | None  # None: a laptop, 127.0.0.1:8000
+    workers: int
+    threads: int
+    forwarded_allow_ips: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
+        """Read `env` (default: `.env` then the process environment)."""
+        if env is None:
+            load_dotenv()
+            env = os.environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        port = get("PORT")
+        return cls(
+            port=None if port is None else _integer("PORT", port, 0, minimum=0, maximum=65535),
+            workers=_integer("WEB_CONCURRENCY", get("WEB_CONCURRENCY"), 2, minimum=1, maximum=64),
+            threads=_integer("WEB_THREADS", get("WEB_THREADS"), 4, minimum=1, maximum=256),
+            forwarded_allow_ips=get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1",
+        )
+
+
 def _database_url(name: str, raw: str | None) -> URL | None:
     """Accept PostgreSQL URLs as Neon and PaaS platforms hand them out.
 
@@ -165,13 +194,17 @@ def _database_url(name: str, raw: str | None) -> URL | None:
     return url.set(drivername="postgresql+psycopg")
 
 
-def _integer(name: str, raw: str | None, default: int, *, minimum: int) -> int:
+def _integer(
+    name: str, raw: str | None, default: int, *, minimum: int, maximum: int | None = None
+) -> int:
     if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    if maximum is not None and not minimum <= value <= maximum:
+        raise ConfigError(f"{name}: expected an integer from {minimum} to {maximum}, got {value}")
     if value < minimum:
         raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value}")
     return value

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -346,27 +347,78 @@ def driver_message(error: BaseException) -> str:
     return " ".join(line for line in lines if line) or type(cause).__name__
 
 
-def log_schema_state(settings: Settings) -> None:
-    """Say at start whether the database answers and its schema fits this code.
+# libpq's (and the server's, PgBouncer's, Neon's proxy's) words for a connection refused
+# for good: it fails the same way until the settings change. psycopg gives no SQLSTATE
+# for a failed connection, so the words are what there is. The first match names the fix.
+_REFUSED_FOR_GOOD = (
+    (
+        re.compile(r"SSL off|connection is insecure|requires? (SSL|TLS)", re.I),
+        "the server requires TLS: add sslmode=require to the URL's query",
+    ),
+    (
+        re.compile(r"does not support SSL|channel binding", re.I),
+        "the URL asks for TLS (sslmode, channel_binding) that this server does not offer: "
+        "check the host, or the URL's query for a server without TLS",
+    ),
+    (
+        re.compile(r'database "[^"]*" does not exist|no such database', re.I),
+        "the database the URL names (after its last /) does not exist: create it, or "
+        "copy the URL again from the provider",
+    ),
+    (
+        re.compile(
+            r'role "[^"]*" does not exist|password authentication failed|no password '
+            r"supplied|no pg_hba\.conf entry|authentication failed",
+            re.I,
+        ),
+        "the role or password in the URL is refused: copy the URL again from the provider "
+        "(Neon: the dashboard's Connect button)",
+    ),
+)
 
-    For the web process's master, once: a schema behind the code then shows in the logs
-    before the first 503 does. A database that cannot be reached does not stop the start
-    (/health keeps answering; requests get 503 until it is back).
+
+def refused_for_good(error: BaseException) -> str | None:
+    """How to fix a connection the database refused for good (no such database, the role
+    or password refused, TLS required and refused); None when it may pass (unreachable,
+    overloaded, starting up)."""
+    message = driver_message(error)
+    return next((fix for words, fix in _REFUSED_FOR_GOOD if words.search(message)), None)
+
+
+def start_check(settings: Settings) -> bool:
+    """Say at start whether the database answers and its schema fits this code; False
+    when it refuses the service for good (said in one ERROR line, with the fix).
+
+    For the web process's master, once, before any worker: a platform whose release
+    does not start keeps the previous one. A database that cannot be reached does not
+    stop the start (/health keeps answering; requests get 503 until it is back), and a
+    schema behind the code shows in the logs before the first 503 does.
     """
     if settings.database_url is None:
-        return  # the embedded file is migrated at start
-    engine = create_engine(
-        settings.database_url, poolclass=NullPool, connect_args={"connect_timeout": 5}
-    )
+        return True  # the embedded file is migrated at start
     try:
-        with engine.connect() as conn:
+        with connected_once(settings.database_url) as conn:
             check_schema(conn)
     except SchemaBehind as behind:
         log.error("%s", behind)
     except DBAPIError as error:
+        fix = refused_for_good(error)
+        if fix is not None:
+            log.error("DATABASE_URL is refused: %s. Fix: %s", driver_message(error), fix)
+            return False
         log.warning("database not reachable at start: %s", driver_message(error))
     else:
         log.info("database schema at revision %s", HEAD_REVISION)
+    return True
+
+
+@contextlib.contextmanager
+def connected_once(url: URL) -> Iterator[Connection]:
+    """One connection to `url`, outside any pool, for a check at start or release."""
+    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            yield conn
     finally:
         engine.dispose()
 

@@ -248,16 +248,7 @@ def start_gunicorn(env: dict[str, str], port: int, log: Any) -> subprocess.Popen
     `log` should be a file (or DEVNULL): a pipe nobody reads fills up and stalls workers.
     """
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--config",
-            "gunicorn.conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "wsgi:app",
-        ],
+        [sys.executable, "-m", "tasks_api", "--bind", f"127.0.0.1:{port}"],
         cwd=ROOT,
         env={**os.environ, **env},
         stdout=log,

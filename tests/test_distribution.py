@@ -83,7 +83,7 @@ def statements() -> Iterator[tuple[str, Any, list[str]]]:
                 yield f"list {sort} {variant}", query.statement, [dialect]
         yield f"claim {dialect}", keys._claim_query(dialect).statement, [dialect]
         yield f"inbox create {dialect}", tasks._inbox_create(dialect).statement, [dialect]
-        for if_match in (None, 0, 3):
+        for if_match in (False, True):
             for size in (1, 2, len(tasks.PLAIN)):
                 for fields in itertools.combinations(sorted(tasks.PLAIN), size):
                     query = tasks._plain_update(dialect, fields, if_match)
@@ -99,16 +99,16 @@ def statements() -> Iterator[tuple[str, Any, list[str]]]:
     for place in places:
         if place.order == "keep":
             yield from written(f"create {place}", tasks._create(place))
-        yield from written(f"move {place}", tasks._change((), False, None, place))
-    for if_match in (0, 3):  # If-Match adds a condition on the task's version, no table
-        yield from written(f"move {if_match}", tasks._change((), False, if_match, places[-1]))
+        yield from written(f"move {place}", tasks._change((), False, False, place))
+    # If-Match adds a condition on the task's version, no table.
+    yield from written("move if-match", tasks._change((), False, True, places[-1]))
     for size in (1, 2, len(WRITE_FIELDS)):
         for fields in itertools.combinations(WRITE_FIELDS, size):
             names = {*fields, *(["completed"] if "status" in fields else [])}
-            change = tasks._change(tuple(sorted(names)), False, None, Place())
+            change = tasks._change(tuple(sorted(names)), False, False, Place())
             yield from written(f"update {sorted(names)}", change)
     yield from bulk_writes()
-    for if_match in (None, 0, 3):
+    for if_match in (False, True):
         yield from written(f"toggle {if_match}", tasks._change((), True, if_match, Place()))
         yield from written(f"delete task {if_match}", tasks._delete(if_match))
         yield from written(f"delete list {if_match}", lists._delete(if_match))

@@ -75,6 +75,28 @@ def test_create_returns_the_task_and_its_location(
     assert client.get(response.headers["Location"]).get_json() == task
 
 
+def test_text_goes_out_as_utf_8_not_escapes(client: FlaskClient, tasks_url: str) -> None:
+    # \uXXXX escapes are valid JSON, but made a page of non-Latin text up to 6x larger.
+    title, tag = "Café ☕ 買い物 — Ελληνικά", "über"
+    sent = {"title": title, "description": "ⓓ" * 100, "tags": [tag]}
+    replay = {"Idempotency-Key": f"utf8-{uuid.uuid4()}"}
+    created = client.post(tasks_url, json=sent, headers=replay)
+    again = client.post(tasks_url, json=sent, headers=replay)
+    answers = [
+        created,
+        again,
+        client.get(tasks_url),
+        client.get(f"{tasks_url}/{created.get_json()['id']}"),
+        client.get(f"{tasks_url}/changes"),
+    ]
+
+    for response in answers:
+        assert response.status_code in (200, 201), response.status
+        assert title.encode() in response.data and b"\\u" not in response.data
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert created.get_json()["title"] == title and created.get_json()["tags"] == [tag]
+
+
 def test_create_completed_sets_completed_at(client: FlaskClient, tasks_url: str) -> None:
     task = client.post(
         tasks_url, json={"title": "Done", "description": "", "completed": True}

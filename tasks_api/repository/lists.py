@@ -43,7 +43,7 @@ from .writes import (
     Row,
     Write,
     advance,
-    arity,
+    conditional,
     if_match_params,
     matches,
     now,
@@ -268,7 +268,7 @@ def create_list(
 
 
 @functools.lru_cache(maxsize=64)
-def _change(if_match: int | None, order: Order | None) -> Write:
+def _change(if_match: bool, order: Order | None) -> Write:
     """Rename the list `list_id` (`order` None) or move it (`order`)."""
     found = stage(_found(named=True), "found")
     placed = stage(_placed(found, order or "last", moving=_list_id()), "placed")
@@ -332,7 +332,7 @@ def rename_list(
 ) -> Outcome:
     """Rename the list; verdict "ok", not_found or stale. The same title changes nothing."""
     params = _write_params(user_id, list_id, versions)
-    return _change(arity(versions), None).run(conn, title=title, **params)
+    return _change(conditional(versions), None).run(conn, title=title, **params)
 
 
 def move_list(
@@ -349,7 +349,7 @@ def move_list(
     params = _write_params(user_id, list_id, versions)
     if order in ("after", "before"):
         params[f"{order}_id"] = sibling
-    return _change(arity(versions), order).run(conn, **params)
+    return _change(conditional(versions), order).run(conn, **params)
 
 
 # --- delete --------------------------------------------------------------------------------
@@ -374,7 +374,7 @@ def _members(*columns: Any) -> tuple[Select[Any], Select[Any]]:
 
 
 @functools.lru_cache(maxsize=32)
-def _delete(if_match: int | None) -> Write:
+def _delete(if_match: bool) -> Write:
     """Delete the list `list_id` and every task in it, leaving their tombstones."""
     found = stage(_found(named=True), "found")
     f = found.c
@@ -442,4 +442,4 @@ def delete_list(
 ) -> Outcome:
     """Delete the list and every task in it (subtasks included), leaving tombstones for
     all; verdict "ok", not_found or stale."""
-    return _delete(arity(versions)).run(conn, **_write_params(user_id, list_id, versions))
+    return _delete(conditional(versions)).run(conn, **_write_params(user_id, list_id, versions))

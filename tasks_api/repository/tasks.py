@@ -55,7 +55,7 @@ from .writes import (
     Write,
     advance,
     advanced,
-    arity,
+    conditional,
     if_match_params,
     matches,
     now,
@@ -547,7 +547,7 @@ def _plain_values(fields: tuple[str, ...], position: Any) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=512)
-def _plain_update(dialect: str, fields: tuple[str, ...], if_match: int | None) -> Query:
+def _plain_update(dialect: str, fields: tuple[str, ...], if_match: bool) -> Query:
     """PostgreSQL: the counter advanced, the task updated, and the verdict, in one
     statement. SQLite: the update alone, at the change position `at`."""
     owned = (TASKS.c.user_id == owner(), TASKS.c.id == task_id_param())
@@ -601,7 +601,7 @@ def _update_plainly(
     values: Mapping[str, Any],
     versions: Collection[int] | None,
 ) -> Outcome:
-    query = _plain_update(conn.dialect.name, tuple(sorted(values)), arity(versions))
+    query = _plain_update(conn.dialect.name, tuple(sorted(values)), conditional(versions))
     params = {**values, **_change_params(user_id, task_id, versions)}
     if conn.dialect.name == "postgresql":
         row = query.row(conn, **params)
@@ -869,7 +869,7 @@ def changed_step(plan: FromClause) -> UpdateBase:
 
 
 @functools.lru_cache(maxsize=1024)
-def _change(fields: tuple[str, ...], toggle: bool, if_match: int | None, place: Place) -> Write:
+def _change(fields: tuple[str, ...], toggle: bool, if_match: bool, place: Place) -> Write:
     """A change of the task `task_id`: `fields` set from parameters of their names,
     `toggle` flips its completion, `place` says where it goes."""
     task = task_id_param()
@@ -1005,7 +1005,7 @@ def update_task(
     if PLAIN.issuperset(values) and not {"list_id", "parent_id"} & set(changes):
         return _update_plainly(conn, user_id, task_id, values, versions)
     place = Place(list_given="list_id" in changes, parent_given="parent_id" in changes)
-    write = _change(tuple(sorted(values)), False, arity(versions), place)
+    write = _change(tuple(sorted(values)), False, conditional(versions), place)
     params = _change_params(user_id, task_id, versions)
     params |= {"to_list": changes.get("list_id"), "to_parent": changes.get("parent_id")}
     return write.run(conn, **params, **values)
@@ -1043,7 +1043,7 @@ def set_completed(
             changes={"completed": completed},
             versions=versions,
         )
-    write = _change((), True, arity(versions), Place())
+    write = _change((), True, conditional(versions), Place())
     return write.run(conn, **_change_params(user_id, task_id, versions))
 
 
@@ -1068,14 +1068,14 @@ def move_task(
     params |= {"to_list": to_list, "to_parent": to_parent}
     if order in ("after", "before"):
         params[f"{order}_id"] = sibling
-    return _change((), False, arity(versions), place).run(conn, **params)
+    return _change((), False, conditional(versions), place).run(conn, **params)
 
 
 # --- deleting --------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=32)
-def _delete(if_match: int | None) -> Write:
+def _delete(if_match: bool) -> Write:
     """Delete the task `task_id` and its subtasks, leaving a tombstone for each."""
     task = task_id_param()
     found = stage(_found(), "found")
@@ -1141,4 +1141,4 @@ def delete_task(
 ) -> Outcome:
     """Delete the task and its subtasks, leaving their tombstones. Verdict: "ok",
     not_found or stale."""
-    return _delete(arity(versions)).run(conn, **_change_params(user_id, task_id, versions))
+    return _delete(conditional(versions)).run(conn, **_change_params(user_id, task_id, versions))

@@ -7,7 +7,7 @@ import flask_smorest
 from ..schemas.lists import ListUpdateSchema
 from ..schemas.tasks import ONE_STATE, TaskCreateSchema, TaskUpdateSchema
 from . import changes  # noqa: F401  (the sync feed's route, on the tasks blueprint)
-from .base import ETAG_HEADER, USER_ID_PARAMETER
+from .base import ETAG_HEADER, MAX_IF_MATCH_TAGS, USER_ID_PARAMETER
 from .health import health
 from .lists import lists
 from .tasks import tasks
@@ -28,7 +28,12 @@ def register(api: flask_smorest.Api) -> None:
         },
     )
     for name, header, description in (
-        ("IfMatch", "If-Match", "Write only if it is at this version (its ETag); else 412."),
+        (
+            "IfMatch",
+            "If-Match",
+            "Write only if it is at this version (its ETag); else 412. At most "
+            f"{MAX_IF_MATCH_TAGS} entity tags (else 422).",
+        ),
         ("IfNoneMatch", "If-None-Match", "Answer 304 if it is still at this version."),
     ):
         api.spec.components.parameter(

@@ -181,6 +181,11 @@ def not_modified(row: Row) -> Response | None:
     return None
 
 
+# A client sends the one ETag it read; a few more cost nothing. A bound keeps a header of
+# thousands of tags from becoming a statement parameter of thousands.
+MAX_IF_MATCH_TAGS = 64
+
+
 def if_match() -> frozenset[int] | None:
     """The versions `If-Match` accepts; None when it sets no version (absent, or `*`).
 
@@ -188,6 +193,10 @@ def if_match() -> frozenset[int] | None:
     """
     if not request.headers.get("If-Match", "").strip() or request.if_match.star_tag:
         return None
+    if len(request.if_match.as_set(include_weak=True)) > MAX_IF_MATCH_TAGS:
+        errors.validation_failed(
+            {"If-Match": [f"At most {MAX_IF_MATCH_TAGS} entity tags; send the ETag you read."]}
+        )
     tags = request.if_match.as_set()
     return frozenset(int(tag) for tag in tags if tag and _VERSION_TAG.fullmatch(tag))
 
