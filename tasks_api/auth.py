@@ -146,43 +146,49 @@ def _download(url: str) -> bytes:
             http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         )
         connection = connection_class(parts.hostname, parts.port, timeout=remaining)
-        timer = threading.Timer(remaining, _cut, (connection,))
-        timer.start()
         try:
+            # Until connected there is no socket to cut; the timeout bounds each step.
             connection.connect()
-            if not timer.is_alive():  # the name took the whole deadline to resolve
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:  # the name took the whole deadline to resolve
                 raise FetchError("no answer within the deadline")
-            path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
-            connection.request("GET", path, headers={"Accept": "application/json"})
-            response = connection.getresponse()
-            if response.status in (301, 302, 303, 307, 308) and response.getheader("Location"):
-                target = urljoin(url, response.getheader("Location", ""))
-                if parts.scheme == "https" and not target.startswith("https://"):
-                    raise FetchError("redirected from https to another scheme")
-                url = target
-                continue
-            if response.status != 200:
-                raise FetchError(f"HTTP {response.status}")
-            body = response.read(JWKS_MAX_BYTES + 1)
-            if len(body) > JWKS_MAX_BYTES:
-                raise FetchError(f"key set larger than {JWKS_MAX_BYTES // 1024} KiB")
-            if not timer.is_alive():  # cut: what was read may be short
-                raise FetchError("no answer within the deadline")
-            return body
+            # The timer holds the socket connected (for https, the TLS one), not the
+            # connection: when an answer will close the connection, http.client drops
+            # `connection.sock` and reads the body through the response's own file on
+            # this same socket (issue 21).
+            timer = threading.Timer(remaining, _cut, (connection.sock,))
+            timer.start()
+            try:
+                path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+                connection.request("GET", path, headers={"Accept": "application/json"})
+                response = connection.getresponse()
+                if response.status in (301, 302, 303, 307, 308) and response.getheader("Location"):
+                    target = urljoin(url, response.getheader("Location", ""))
+                    if parts.scheme == "https" and not target.startswith("https://"):
+                        raise FetchError("redirected from https to another scheme")
+                    url = target
+                    continue
+                if response.status != 200:
+                    raise FetchError(f"HTTP {response.status}")
+                body = response.read(JWKS_MAX_BYTES + 1)
+                if len(body) > JWKS_MAX_BYTES:
+                    raise FetchError(f"key set larger than {JWKS_MAX_BYTES // 1024} KiB")
+                if not timer.is_alive():  # cut: what was read may be short
+                    raise FetchError("no answer within the deadline")
+                return body
+            finally:
+                timer.cancel()
         finally:
-            timer.cancel()
             connection.close()
     raise FetchError("too many redirects")
 
 
-def _cut(connection: http.client.HTTPConnection) -> None:
-    """Shut the connection's socket down: a read or write blocked on it ends at once."""
-    sock = connection.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            # socket.socket's own shutdown, also under TLS: SSLSocket's would first drop
-            # its TLS state from under the thread that is reading.
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+def _cut(sock: socket.socket) -> None:
+    """Shut the socket down: a read or write blocked on it ends at once."""
+    with contextlib.suppress(OSError):
+        # socket.socket's own shutdown, also under TLS: SSLSocket's would first drop
+        # its TLS state from under the thread that is reading.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _signing_keys(document: Any) -> dict[str | None, PyJWK]:

@@ -255,8 +255,9 @@ class RawKeyServer:
         self.connections = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._closing = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/.well-known/jwks.json"
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._threads[0].start()
 
     def _accept(self) -> None:
         while True:
@@ -265,7 +266,9 @@ class RawKeyServer:
             except OSError:  # closed
                 return
             self.connections += 1
-            threading.Thread(target=self._answer, args=(conn, self.mode), daemon=True).start()
+            thread = threading.Thread(target=self._answer, args=(conn, self.mode), daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def _answer(self, conn: socket.socket, mode: str) -> None:
         with conn, contextlib.suppress(OSError):
@@ -280,6 +283,13 @@ class RawKeyServer:
             elif mode == "trickle":  # a well-formed answer, one byte every 2 s
                 for byte in self._response(self._key_set()):
                     if self._closing.wait(2):
+                        return
+                    conn.sendall(bytes([byte]))
+            elif mode in TRICKLED_BODIES:  # headers at once, then the body a byte every 0.5 s
+                body = self._key_set()
+                conn.sendall(TRICKLED_BODIES[mode].format(length=len(body)).encode())
+                for byte in body[:12]:  # then, after 6 s, the server gives up
+                    if self._closing.wait(0.5):
                         return
                     conn.sendall(bytes([byte]))
             elif mode == "not-http":
@@ -313,8 +323,25 @@ class RawKeyServer:
 
     def close(self) -> None:
         self._closing.set()
+        # Closing alone would leave a thread blocked in accept(); shutting down wakes it.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
+        for thread in list(self._threads):
+            thread.join(timeout=5)
+            assert not thread.is_alive(), "a fake key server thread did not stop"
 
+
+# The heads of answers whose body then trickles: whether the answer closes the connection
+# (as http.client then reads it through the response, not the connection) or keeps it
+# alive must not matter to the deadline (issue 21).
+TRICKLED_BODIES = {
+    "trickle-body-close": "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    "Content-Length: {length}\r\nConnection: close\r\n\r\n",
+    "trickle-body-http10": "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n",
+    "trickle-body-keep-alive": "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    "Content-Length: {length}\r\n\r\n",
+}
 
 MISBEHAVIOURS = ["hang", "trickle", "not-http", "broken-chunked", "deep-json", "300kb"]
 MISBEHAVIOURS += ["not-utf8", "bad-keys", "redirect-loop"]
@@ -365,6 +392,23 @@ def test_a_key_server_that_misbehaves_is_503_within_the_deadline_never_500_or_40
     server.mode = "up"
     time.sleep(0.6)
     assert listing(client, token).status_code == 200
+
+
+@pytest.mark.parametrize("mode", TRICKLED_BODIES)
+def test_a_trickled_body_is_503_within_the_deadline_however_the_answer_ends(
+    raw_keys: tuple[RawKeyServer, SigningKey, FlaskClient], mode: str
+) -> None:
+    server, key, client = raw_keys
+    server.mode = mode
+
+    started = time.monotonic()
+    response = listing(client, key.sign(claims()))
+    elapsed = time.monotonic() - started
+
+    assert_problem(response, 503)
+    assert elapsed < auth.JWKS_DEADLINE_SECONDS + 0.5, (
+        f"{response.status_code} after {elapsed:.1f} s"
+    )
 
 
 def test_a_key_set_that_moved_is_followed(
