@@ -253,7 +253,11 @@ RESPONSES = {
         "say); shorten it. Answered by the HTTP server before the app sees the request.",
     ),
     415: ("UnsupportedMediaType", "A body was sent that is not `application/json`."),
-    422: ("ValidationFailed", "A field or parameter is not valid; see `errors`."),
+    422: (
+        "ValidationFailed",
+        "A field or parameter is not valid, or a query parameter is one the operation "
+        "does not define or is repeated where it takes one value; see `errors`.",
+    ),
     431: (
         "RequestHeaderFieldsTooLarge",
         "A header field is longer than 8 KiB, or there are more than 100 of them. Answered "

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import marshmallow as ma
 from marshmallow import fields, validate
 
-from .fields import ResponseSchema
+from .fields import QueryArgsSchema, ResponseSchema
 from .lists import ListSchema
 from .tasks import TaskSchema
 
@@ -13,7 +12,7 @@ CHANGES_LIMIT_MAX = 1000
 CHANGES_LIMIT_DEFAULT = 500
 
 
-class ChangesQueryArgsSchema(ma.Schema):
+class ChangesQueryArgsSchema(QueryArgsSchema):
     """What a sync request may ask for, in its query string."""
 
     since = fields.String(

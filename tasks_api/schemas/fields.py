@@ -10,7 +10,6 @@ from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields, validate
-from webargs.fields import DelimitedList
 
 USER_ID_PATTERN = r"^[A-Za-z0-9._@:|-]{1,128}$"
 USER_ID = re.compile(USER_ID_PATTERN)
@@ -93,14 +92,25 @@ class FlatList(fields.List[str]):
             raise ma.ValidationError(flat_messages(error.messages)) from None
 
 
-class FlatDelimitedList(DelimitedList):
-    """`a,b,c` in a query string, item errors as one list of messages."""
+class FormList(FlatList):
+    """A query array sent as generated clients send one, the parameter repeated
+    (`status=a&status=b`), or comma-separated (`status=a,b`), or both: their union,
+    without repeats, in the order first given.
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        try:
-            return super()._deserialize(value, attr, data, **kwargs)  # type: ignore[no-untyped-call]
-        except ma.ValidationError as error:
-            raise ma.ValidationError(flat_messages(error.messages)) from None
+    A List to webargs (which reads every occurrence) and to apispec (which documents
+    `style: form`, `explode: true`). Each occurrence splits on commas as webargs'
+    DelimitedList does: an empty one is no item; an empty item among others is one,
+    to be refused.
+    """
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> list[str | None]:
+        sent = ",".join(value) if isinstance(value, list | tuple) else value
+        if not isinstance(sent, str):
+            raise self.make_error("invalid")
+        items = super()._deserialize(sent.split(",") if sent else [], attr, data, **kwargs)
+        return list(dict.fromkeys(items))
 
 
 class Tag(Text):
@@ -235,7 +245,49 @@ def page_cursor() -> fields.String:
     )
 
 
-class PageArgsSchema(ma.Schema):
+class QueryArgsSchema(ma.Schema):
+    """A route's query string: each parameter it defines, once, or repeated where it
+    is an array; anything else is a 422 naming it, never a filter dropped or half-read
+    (webargs would read the first of a repeat and skip an unknown name).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        names = {field.data_key or name: field for name, field in self.load_fields.items()}
+        self._names = frozenset(names)
+        # What webargs reads as every occurrence (its MultiDictProxy's rule).
+        self._arrays = frozenset(
+            name
+            for name, field in names.items()
+            if getattr(field, "is_multiple", isinstance(field, fields.List | fields.Tuple))
+        )
+
+    @ma.validates_schema(pass_original=True, skip_on_field_errors=False)
+    def _each_parameter_once(self, data: Any, original: Any, **kwargs: Any) -> None:
+        # One pass over the request's MultiDict, which webargs' proxy lends its methods;
+        # a plain mapping (a schema loaded directly) holds each name once anyway.
+        sent = getattr(original, "lists", None)
+        if sent is None:
+            return
+        errors: dict[str, list[str]] = {}
+        for name, values in sent():
+            if name not in self._names:
+                errors[name] = [self._unknown(name)]
+            elif len(values) > 1 and name not in self._arrays:
+                errors[name] = [f"Given {len(values)} times; send it once."]
+        if errors:
+            raise ma.ValidationError(errors)
+
+    def _unknown(self, name: str) -> str:
+        array = name.removesuffix("[]")
+        if array != name and array in self._arrays:
+            return (
+                f"Not a parameter of this route: send `{array}` without brackets, once per value."
+            )
+        return "Not a parameter of this route, which takes: " + ", ".join(sorted(self._names)) + "."
+
+
+class PageArgsSchema(QueryArgsSchema):
     """The query string of a page of a resource in its own order."""
 
     limit = page_limit()

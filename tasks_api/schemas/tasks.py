@@ -13,8 +13,9 @@ from ..models import DESCRIPTION_MAX, PRIORITIES, STATUSES, TITLE_MAX
 from .fields import (
     TAGS_MAX,
     CalendarDate,
-    FlatDelimitedList,
     FlatList,
+    FormList,
+    QueryArgsSchema,
     RequestSchema,
     ResponseSchema,
     StrictBoolean,
@@ -184,7 +185,7 @@ class TaskCompletionSchema(RequestSchema):
     )
 
 
-class TaskQueryArgsSchema(ma.Schema):
+class TaskQueryArgsSchema(QueryArgsSchema):
     """What a list request may ask for, in its query string. Filters combine."""
 
     completed = fields.Boolean(
@@ -192,21 +193,31 @@ class TaskQueryArgsSchema(ma.Schema):
         falsy={"false"},
         metadata={"description": "`true` or `false`: only the tasks in that state."},
     )
-    status = FlatDelimitedList(
+    status = FormList(
         fields.String(validate=validate.OneOf(STATUSES)),
         validate=validate.Length(min=1),
-        metadata={"description": "Only tasks in one of these states (comma-separated)."},
+        metadata={
+            "description": "Only tasks in one of these states. Repeat the parameter "
+            "(`status=todo&status=in_progress`) or send them comma-separated "
+            "(`status=todo,in_progress`), or both: the same."
+        },
     )
-    priority = FlatDelimitedList(
+    priority = FormList(
         fields.String(validate=validate.OneOf(PRIORITIES)),
         validate=validate.Length(min=1),
-        metadata={"description": "Only tasks of one of these priorities (comma-separated)."},
+        metadata={
+            "description": "Only tasks of one of these priorities. Repeat the parameter "
+            "(`priority=high&priority=urgent`) or send them comma-separated "
+            "(`priority=high,urgent`), or both: the same."
+        },
     )
     tag = FlatList(
         Tag(),
         validate=validate.Length(max=TAGS_MAX),
         metadata={
-            "description": "Repeatable: only tasks that carry every tag given, ignoring case."
+            "description": "Only tasks that carry every tag given, ignoring case. Repeat "
+            "the parameter, one tag each (`tag=home&tag=errands`): a comma is part of "
+            "a tag (`tag=a,b` is the one tag `a,b`)."
         },
     )
     due_before = CalendarDate(
