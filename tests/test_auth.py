@@ -810,70 +810,7 @@ def test_auth_disabled_opens_api_and_warns(
     assert response.status_code == 503  # past authentication, to the (unreachable) database
 
 
-# --- CORS and headers --------------------------------------------------------------------
-
-
-@pytest.fixture
-def cors_client(tmp_path: Path) -> FlaskClient:
-    settings = Settings.from_env(
-        {
-            "AUTH_JWT_SECRET": SECRET,
-            "CORS_ORIGINS": "https://app.example.com, http://localhost:3000",
-        }
-    )
-    return create_app(settings, instance_path=str(tmp_path)).test_client()
-
-
-def preflight(client: FlaskClient, origin: str) -> Any:
-    return client.options(
-        "/api/alice/tasks",
-        headers={
-            "Origin": origin,
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
-        },
-    )
-
-
-@pytest.mark.parametrize("origin", ["https://app.example.com", "http://localhost:3000"])
-def test_cors_preflight_from_an_allowed_origin_needs_no_token(
-    cors_client: FlaskClient, origin: str
-) -> None:
-    response = preflight(cors_client, origin)
-
-    assert response.status_code == 200
-    assert response.headers["Access-Control-Allow-Origin"] == origin
-    allowed = {
-        h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")
-    }
-    assert {"authorization", "content-type", "idempotency-key"} <= allowed
-    assert "POST" in response.headers["Access-Control-Allow-Methods"]
-
-
-def test_cors_actual_request_exposes_the_useful_headers(cors_client: FlaskClient) -> None:
-    response = cors_client.post(
-        "/api/alice/tasks",
-        json={"title": "x"},
-        headers={"Origin": "https://app.example.com", "Authorization": f"Bearer {hs256()}"},
-    )
-
-    assert response.status_code == 201
-    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
-    exposed = {h.strip() for h in response.headers["Access-Control-Expose-Headers"].split(",")}
-    assert {"ETag", "Link", "Location"} <= exposed
-
-
-@pytest.mark.parametrize("origin", ["https://evil.example.com", "https://app.example.com.evil.io"])
-def test_cors_other_origins_get_no_allowance(cors_client: FlaskClient, origin: str) -> None:
-    assert "Access-Control-Allow-Origin" not in preflight(cors_client, origin).headers
-    response = cors_client.get("/api/alice/tasks", headers={"Origin": origin})
-    assert "Access-Control-Allow-Origin" not in response.headers
-
-
-def test_no_cors_by_default(client: FlaskClient) -> None:
-    response = preflight(client, "https://app.example.com")
-
-    assert "Access-Control-Allow-Origin" not in response.headers
+# --- headers ----------------------------------------------------------------------------
 
 
 def test_security_headers(client: FlaskClient, tasks_url: str) -> None:

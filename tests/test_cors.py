@@ -21,7 +21,7 @@ def cors_client(tmp_path: Path, origins: str) -> FlaskClient:
 
 
 @pytest.fixture(params=["one origin", "two origins"])
-def client(request: pytest.FixtureRequest, tmp_path: Path) -> FlaskClient:
+def cors(request: pytest.FixtureRequest, tmp_path: Path) -> FlaskClient:
     origins = (
         APP_ORIGIN if request.param == "one origin" else f"{APP_ORIGIN}, http://localhost:3000"
     )
@@ -38,16 +38,16 @@ def exposed(response: Any) -> set[str]:
 
 @pytest.mark.parametrize("origin", [APP_ORIGIN, "https://evil.example.com", None])
 def test_every_answer_of_an_api_route_varies_by_origin(
-    client: FlaskClient, origin: str | None
+    cors: FlaskClient, origin: str | None
 ) -> None:
     # A shared cache keys on Vary: without it, the answer to one origin (or to none,
     # without CORS headers) could be handed to another.
     headers = {} if origin is None else {"Origin": origin}
     answers = [
-        client.get("/api/alice/tasks", headers=headers | bearer()),
-        client.get("/api/alice/tasks", headers=headers),  # 401
-        client.get("/api/alice/tasks", headers=headers | bearer("bob")),  # 403
-        client.options(
+        cors.get("/api/alice/tasks", headers=headers | bearer()),
+        cors.get("/api/alice/tasks", headers=headers),  # 401
+        cors.get("/api/alice/tasks", headers=headers | bearer("bob")),  # 403
+        cors.options(
             "/api/alice/tasks",
             headers=headers | {"Access-Control-Request-Method": "POST"},
         ),
@@ -57,16 +57,72 @@ def test_every_answer_of_an_api_route_varies_by_origin(
         assert "Origin" in response.headers.get("Vary", ""), response.status
 
 
-def test_scripts_may_read_the_replay_and_authentication_headers(client: FlaskClient) -> None:
+def test_scripts_may_read_the_replay_and_authentication_headers(cors: FlaskClient) -> None:
     origin = {"Origin": APP_ORIGIN}
     create = origin | bearer() | {"Idempotency-Key": "cors-replay"}
 
-    client.post("/api/alice/tasks", json={"title": "once"}, headers=create)
-    replayed = client.post("/api/alice/tasks", json={"title": "once"}, headers=create)
-    refused = client.get("/api/alice/tasks", headers=origin)
+    cors.post("/api/alice/tasks", json={"title": "once"}, headers=create)
+    replayed = cors.post("/api/alice/tasks", json={"title": "once"}, headers=create)
+    refused = cors.get("/api/alice/tasks", headers=origin)
 
     assert replayed.headers["Idempotent-Replayed"] == "true"
     assert {"Idempotent-Replayed", "ETag", "Location"} <= exposed(replayed)
     assert refused.status_code == 401
     assert refused.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
     assert "WWW-Authenticate" in exposed(refused)
+
+
+@pytest.fixture
+def two_origins(tmp_path: Path) -> FlaskClient:
+    return cors_client(tmp_path, f"{APP_ORIGIN}, http://localhost:3000")
+
+
+def preflight(client: FlaskClient, origin: str) -> Any:
+    return client.options(
+        "/api/alice/tasks",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+        },
+    )
+
+
+@pytest.mark.parametrize("origin", ["https://app.example.com", "http://localhost:3000"])
+def test_cors_preflight_from_an_allowed_origin_needs_no_token(
+    two_origins: FlaskClient, origin: str
+) -> None:
+    response = preflight(two_origins, origin)
+
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == origin
+    allowed = {
+        h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")
+    }
+    assert {"authorization", "content-type", "idempotency-key"} <= allowed
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+
+
+def test_cors_actual_request_exposes_the_useful_headers(two_origins: FlaskClient) -> None:
+    response = two_origins.post(
+        "/api/alice/tasks",
+        json={"title": "x"},
+        headers={"Origin": "https://app.example.com", **bearer()},
+    )
+
+    assert response.status_code == 201
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert {"ETag", "Link", "Location"} <= exposed(response)
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example.com", "https://app.example.com.evil.io"])
+def test_cors_other_origins_get_no_allowance(two_origins: FlaskClient, origin: str) -> None:
+    assert "Access-Control-Allow-Origin" not in preflight(two_origins, origin).headers
+    response = two_origins.get("/api/alice/tasks", headers={"Origin": origin})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_no_cors_by_default(client: FlaskClient) -> None:
+    response = preflight(client, "https://app.example.com")
+
+    assert "Access-Control-Allow-Origin" not in response.headers
