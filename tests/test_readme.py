@@ -126,6 +126,27 @@ def test_make_run_serves_and_the_examples_give_the_statuses_they_promise(
     assert "Traceback" not in log
 
 
+@pytest.mark.parametrize("command", [["make", "token"], ["make", "-e", "token"]])
+def test_make_token_refuses_the_login_name_in_the_environment(
+    clone: Path, command: list[str]
+) -> None:
+    """Every shell has USER (the login name): a token for it would get 403 on every call."""
+    result = subprocess.run(
+        command,
+        cwd=clone,
+        env={**shell_env(), "USER": "alice"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert result.stdout == ""  # nothing a `$(make token)` would take for a token
+    (line,) = result.stderr.splitlines()
+    assert "make token USER=alice" in line and "login name" in line, line
+    assert not (clone / "instance").exists()  # refused before anything else ran
+
+
 def test_every_link_stays_inside_the_repository() -> None:
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
