@@ -8,7 +8,7 @@
 PYTHON ?= python3
 BIN := .venv/bin
 
-.PHONY: run test token lint
+.PHONY: run test token token-user lint
 
 run: .venv/.runtime
 	@PORT=$$($(BIN)/python -c 'import os, dotenv; dotenv.load_dotenv(); print(os.environ.get("PORT") or 8000)'); \
@@ -19,8 +19,13 @@ run: .venv/.runtime
 test: .venv/.dev
 	$(BIN)/pytest
 
-token: .venv/.runtime
+token: token-user .venv/.runtime
 	@$(BIN)/flask --app wsgi token "$(USER)"
+
+# Whose token is said on make's command line: USER is also every shell's login name, and a
+# token for that is refused (403) by every call to another user's tasks.
+token-user:
+	$(if $(filter command line,$(origin USER)),,$(error tasks_api: say whose token on make's command line, such as: make token USER=alice (not the login name in $$USER)))
 
 lint: .venv/.dev
 	$(BIN)/ruff check .

@@ -1,12 +1,13 @@
 """Fixtures: the whole suite runs once on PostgreSQL and once on SQLite.
 
 PostgreSQL: a database of its own is created for the run on the server at
-TEST_POSTGRES_URL (default: the local one) and dropped afterwards; when nothing answers
-there, on a throwaway cluster started from the local PostgreSQL binaries; with neither,
-only the SQLite tests run, and the report says so (tests.support._find_postgres). SQLite: the
-embedded mode, in a temporary instance folder. pgbouncer (when PgBouncer is installed):
-the same PostgreSQL database through PgBouncer in transaction mode with TLS, as Neon's
-pooler. TEST_DATABASES=sqlite (or postgresql, pgbouncer) runs some of them.
+TEST_POSTGRES_URL (default: the local one) and dropped afterwards; when it is not there
+or refuses the login, on a throwaway cluster started from the local PostgreSQL binaries;
+with neither, only the SQLite tests run, and the report says what it found and why
+(tests.support._find_postgres). SQLite: the embedded mode, in a temporary instance
+folder. pgbouncer (when PgBouncer is installed): the same PostgreSQL database through
+PgBouncer in transaction mode with TLS, as Neon's pooler. TEST_DATABASES=sqlite (or
+postgresql, pgbouncer) runs some of them.
 
 The apps verify HS256 tokens made with tests.support.SECRET, and the `client` acts
 as the user of each /api path it calls (tests.support.UserClient).

@@ -43,7 +43,11 @@ def free_port() -> int:
         return port
 
 
-POSTGRES_BINARIES = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+# Debian keeps them off PATH, one folder per major version; elsewhere initdb is on PATH.
+DEBIAN_BINARIES = "/usr/lib/postgresql/<version>/bin"
+POSTGRES_BINARIES = sorted(
+    glob.glob(DEBIAN_BINARIES.replace("<version>", "*")), key=lambda d: int(d.split("/")[-2])
+) or [os.path.dirname(initdb) for initdb in filter(None, [shutil.which("initdb")])]
 
 
 class Cluster:
@@ -88,31 +92,60 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def probe_postgres(url: str) -> tuple[bool, str]:
+    """Whether the suite can use the server at `url`, and what was found there, in words:
+    a server that answered, nothing listening, or a server that refused the login."""
+    target = make_url(url)
+    shown = target.render_as_string(hide_password=True)
+    host, port = target.host or "localhost", target.port or 5432
+    if not host.startswith("/"):  # a TCP address, not a Unix socket's folder
+        try:
+            socket.create_connection((host, port), timeout=3).close()
+        except OSError as error:
+            return False, f"nothing listens at {host}:{port} ({error.strerror or error})"
+    try:
+        psycopg.connect(url, autocommit=True, connect_timeout=3).close()
+    except psycopg.OperationalError as error:
+        reason = str(error).strip().splitlines()[-1].split("FATAL:  ")[-1]
+        return False, (
+            f'the server at {host}:{port} answered but refused role "{target.username}" on '
+            f'database "{target.database}": {reason}'
+        )
+    return True, f"the server at {shown}"
+
+
+def no_cluster_note(found: str) -> str:
+    return (
+        f"PostgreSQL: {found}; and no PostgreSQL binaries (initdb) are on PATH or in "
+        f"{DEBIAN_BINARIES} (where Debian puts them), so no throwaway cluster could be "
+        "started: only the SQLite tests run. For the rest, set TEST_POSTGRES_URL to a URL the "
+        "server lets in, or install PostgreSQL (Debian: apt install postgresql)."
+    )
+
+
 def _find_postgres() -> tuple[str | None, str]:
     """A PostgreSQL server for the suite, and a line that says where it came from.
 
-    The server at TEST_POSTGRES_URL (default: the local one) when it answers; else a
+    The server at TEST_POSTGRES_URL (default: the local one) when it lets us in; else a
     throwaway cluster from the local PostgreSQL binaries, removed when the run ends; else
-    none, and the PostgreSQL tests do not run.
+    none, and the PostgreSQL tests do not run. The line says what was found at the URL.
     """
     url = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    shown = make_url(url).render_as_string(hide_password=True)
-    try:
-        psycopg.connect(url, autocommit=True, connect_timeout=3).close()
-        return url, f"PostgreSQL: the server at {shown}"
-    except psycopg.OperationalError:
-        pass
+    usable, found = probe_postgres(url)
+    if usable:
+        return url, f"PostgreSQL: {found}"
+    if not POSTGRES_BINARIES:
+        return None, no_cluster_note(found)
     if not Cluster.available():
         return None, (
-            f"PostgreSQL: nothing answers at {shown} and no PostgreSQL binaries (initdb) are "
-            "installed, so only the SQLite tests run. For the rest, start PostgreSQL (Debian: "
-            "apt install postgresql) or set TEST_POSTGRES_URL to a server's URL."
+            f"PostgreSQL: {found}; the binaries in {POSTGRES_BINARIES[-1]} cannot start a "
+            "throwaway cluster as root without runuser: only the SQLite tests run."
         )
     cluster = Cluster()
     cluster.start()
     atexit.register(cluster.remove)
     return cluster.url, (
-        f"PostgreSQL: nothing answers at {shown}; a throwaway cluster from "
+        f"PostgreSQL: {found}; a throwaway cluster from "
         f"{cluster.bin}/initdb on port {cluster.port} runs the tests instead"
     )
 

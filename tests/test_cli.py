@@ -60,6 +60,35 @@ def test_token_is_alone_on_stdout(tmp_path: Path) -> None:
     assert "auth: bearer tokens signed" in result.stderr  # start-up logs: stderr
 
 
+def test_token_signs_for_a_deployment_with_its_settings_without_its_database(
+    tmp_path: Path,
+) -> None:
+    """docs/authentication.md's "A token for a deployed service", as a person runs it."""
+    page = (ROOT / "docs" / "authentication.md").read_text()
+    section = page.split("## A token for a deployed service\n", 1)[1].split("\n## ", 1)[0]
+    (command,) = re.findall(r"^flask --app wsgi (token .*)$", section, re.M)
+    secret = "the-deployment-secret-of-32-bytes-or-more"
+    deployment = {
+        "DATABASE_URL": "postgresql://app:pw@127.0.0.1:1/tasks",  # nothing listens there
+        "SECRET_KEY": "the-deployment-secret-key-of-32-bytes",
+        "AUTH_JWT_SECRET": secret,
+        "AUTH_JWT_ISSUER": "https://app.example.com",
+        "AUTH_JWT_AUDIENCE": "https://app.example.com",
+    }
+
+    result = flask(*command.split(), instance=tmp_path, settings=deployment)
+
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(
+        result.stdout.strip(),
+        secret,
+        algorithms=["HS256"],
+        issuer="https://app.example.com",
+        audience="https://app.example.com",
+    )
+    assert claims["sub"] == "alice" and claims["exp"] - claims["iat"] == 15 * 60
+
+
 def test_migrations_say_where_they_moved_the_embedded_database(tmp_path: Path) -> None:
     first = flask("db", "upgrade", instance=tmp_path)
     down = flask("db", "downgrade", "-1", instance=tmp_path)
