@@ -68,7 +68,7 @@ CLAIMS: list[tuple[str, str, Any]] = [
         field(d, "TaskCreate", "description")["maxLength"]]),
     ("api", r"\| `tags` \| (\d+) to (\d+) strings of (\d+) to (\d+) characters", lambda d: [
         *bounds(field(d, "TaskCreate", "tags"), "minItems", "maxItems"), 1, TAG_MAX]),
-    ("api", r"\| `tag` \| repeatable \(up to (\d+)\)", lambda d: [
+    ("api", r"\| `tag` \| repeated \(up to (\d+)\)", lambda d: [
         parameter(d, "/api/{user_id}/tasks", "tag")["maxItems"]]),
     ("api", r"`tag=` in a query takes up to (\d+) values", lambda d: [
         parameter(d, "/api/{user_id}/tasks", "tag")["maxItems"]]),
