@@ -1,15 +1,23 @@
-"""The gunicorn worker: threads per process, read deadlines, problem+json from the server.
+"""The gunicorn worker: threads per process, deadlines, problem+json from the server.
 
 `gunicorn.conf.py` selects it (`worker_class = "tasks_api.server.Worker"`). It is
 gunicorn's gthread worker (a poller thread accepts, a pool of threads runs requests)
-with five changes, each for a promise of API.md or the service's throughput:
+with these changes, each for a promise of API.md or the service's throughput:
 
-- A thread gets a connection only once its request has arrived: the poller thread
-  reads the head, and a declared body of up to 64 KiB, without blocking. Idle
-  connections and clients that send a byte at a time hold no thread; a request not
-  arrived READ_TIMEOUT after it began is answered 408 (an idle connection is just
-  closed). A body the thread reads itself (chunked, larger, after `Expect:
-  100-continue`) has READ_TIMEOUT too.
+- A thread never waits for a client. The poller thread reads each request whole
+  before a thread gets it, however its body is framed (Content-Length, chunked, after
+  `Expect: 100-continue`, which it answers itself); `framing.Arrival` says when it is
+  all there. A request not arrived READ_TIMEOUT after it began (its body: after its
+  head) is answered 408; an idle connection is just closed. What can never be served
+  is refused at once: a head over 64 KiB (431), a body over 64 KiB, by its length or
+  by its chunks (413), malformed chunks or a request cut short by the client's close
+  (400). Idle, trickling and pipelining clients hold no thread.
+- Nor does a thread wait to write: what the client has not taken yet of an answer, the
+  poller sends, and a client that takes none of it for WRITE_TIMEOUT is dropped.
+- Nothing is written after an answer has begun. After an answer the connection is
+  kept alive or closed; a close ends our side first, then reads and discards what the
+  client still sends (a body the answer made pointless) within LINGER_* bounds, so
+  that the client reads the answer instead of a reset (nginx's lingering close).
 - On SIGTERM the worker accepts every connection still waiting in the kernel's accept
   queue before it stops listening, and answers them: a deploy loses no request.
 - A worker whose threads are all taken leaves new connections to a worker with a free
@@ -22,8 +30,9 @@ with five changes, each for a promise of API.md or the service's throughput:
   Connections opened while only one worker was up still stay with it, so a kept-alive
   connection is closed (`Connection: close`) after KEEPALIVE_REQUESTS requests, as
   nginx does: the client reconnects, and lands where there is room.
-- The server's own errors (malformed request line or header, 414, 431, and the 500 of
-  a worker aborted on timeout) are problem+json with a request id, like the app's.
+- The server's own errors (400, 408, 413, 414, 431, and the 500 of a worker aborted
+  on timeout) are problem+json with a request id, like the app's, with the app's CORS
+  headers for an allowed Origin; each says `Connection: close`.
 - Its log lines name no URL or query string: only status, what was wrong, request id.
 """
 
