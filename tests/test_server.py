@@ -21,10 +21,11 @@ from typing import Any
 
 import psycopg
 import pytest
+import requests
 from sqlalchemy.engine import URL, make_url
 
-from tasks_api import db
-from tasks_api.server import KEEPALIVE_REQUESTS, READ_TIMEOUT
+from tasks_api import CORS_EXPOSE_HEADERS, db
+from tasks_api.server import KEEPALIVE_REQUESTS, READ_TIMEOUT, WRITE_TIMEOUT
 from tests.support import (
     BACKENDS,
     REQUIRED,
@@ -487,3 +488,263 @@ def test_an_aborted_worker_answers_its_requests_with_a_500_problem(
         log = running.log_text()
         assert "GET <server> 500 " in log and problem["request_id"] in log
         assert PRIVATE not in log and "private%20search" not in log
+
+
+# --- issue 21: bodies the server does not read, clients that do not read ---------------
+
+BIG = 100 * 1024  # over the 64 KiB a body may have
+
+
+def test_oversized_bodies_on_a_kept_alive_session_are_each_a_413(server: Server) -> None:
+    """As requests.Session, browsers and Node's keep-alive agents send them: each reads
+    its 413, none meets a connection closed under it."""
+    user = f"user-{uuid.uuid4().hex}"
+    body = b'{"title": "big"}' + b" " * BIG
+    headers = {"Authorization": f"Bearer {token_for(user)}", "Content-Type": "application/json"}
+    with requests.Session() as session:
+        for n in range(50):
+            if n % 2:
+                url = f"http://127.0.0.1:{server.port}/api/{user}/tasks/{uuid.uuid4()}"
+                response = session.put(url, data=body, headers=headers, timeout=10)
+            else:
+                url = f"http://127.0.0.1:{server.port}/api/{user}/tasks"
+                response = session.post(url, data=body, headers=headers, timeout=10)
+            assert response.status_code == 413, (n, response.text)
+            assert response.headers["Content-Type"] == "application/problem+json"
+            assert response.json()["status"] == 413
+    listed = exchange(server.port, request("GET", f"/api/{user}/tasks", user))
+    assert listed.json() == []
+
+
+def test_a_client_that_sends_5_MB_before_reading_reads_the_413(server: Server) -> None:
+    user = f"user-{uuid.uuid4().hex}"
+    body = b" " * 5_000_000
+    head = (
+        f"POST /api/{user}/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token_for(user)}"
+        f"\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        reply = read_reply(sock)
+
+    assert_problem(reply, 413)
+    assert reply.headers["connection"] == "close"
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (a reset counts as a close)."""
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def replies_in(data: bytes) -> list[int]:
+    """The statuses of the HTTP responses one after another in `data`."""
+    statuses = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        statuses.append(int(lines[0].split()[1]))
+        length = next(
+            (
+                int(v)
+                for k, v in (x.split(":", 1) for x in lines[1:])
+                if k.lower() == "content-length"
+            ),
+            0,
+        )
+        data = data[length:]
+    return statuses
+
+
+def test_nothing_is_written_after_the_answer(server: Server) -> None:
+    """A malformed chunked body the app never read: one answer, then the close."""
+    raw = b"GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(raw)
+        data = read_all(sock)
+
+    assert len(replies_in(data)) == 1, data
+
+
+CHUNKED_POST = "POST /api/{user}/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+MALFORMED_CHUNKS = {
+    "bad chunk size": b"zz\r\n{}\r\n0\r\n\r\n",
+    "no CRLF after the chunk": b'11\r\n{"title": "chunk"}XX0\r\n\r\n',
+    "bad extension": b'11;=x\r\n{"title": "chunk"}\r\n0\r\n\r\n',
+    "chunk size line too long": b"1" + b";a=b" * 4000 + b"\r\n",
+    "truncated": b'11\r\n{"title": "ch',
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_CHUNKS)
+def test_malformed_chunked_bodies_are_a_400_problem(server: Server, case: str) -> None:
+    user = f"user-{uuid.uuid4().hex}"
+    head = CHUNKED_POST.format(user=user, token=token_for(user)) + (
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head.encode() + MALFORMED_CHUNKS[case])
+        sock.shutdown(socket.SHUT_WR)  # the body ends here, whatever it said
+        data = read_all(sock)
+
+    reply = read_reply_from(data)
+    assert_problem(reply, 400)
+    assert b"Traceback" not in data
+    time.sleep(0.2)
+    assert "Traceback" not in server.log_text()
+    listed = exchange(server.port, request("GET", f"/api/{user}/tasks", user))
+    assert listed.json() == []
+
+
+def read_reply_from(data: bytes) -> Reply:
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(data)
+        a.shutdown(socket.SHUT_WR)
+        return read_reply(b)
+
+
+def test_a_short_body_after_100_continue_is_never_stored(server: Server) -> None:
+    user = f"user-{uuid.uuid4().hex}"
+    body = b'{"title": "short"}'
+    head = (
+        f"POST /api/{user}/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token_for(user)}"
+        "\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+        f"Content-Length: {len(body) + 40}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head)
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        sock.shutdown(socket.SHUT_WR)
+        data = read_all(sock)
+
+    assert not data or not 200 <= read_reply_from(data).status < 300, data
+    listed = exchange(server.port, request("GET", f"/api/{user}/tasks", user))
+    assert listed.json() == []
+
+
+def test_clients_that_never_read_their_responses_do_not_hold_up_others(server: Server) -> None:
+    """Each pipelines requests for the 85 KB OpenAPI document and reads nothing."""
+    pipelined = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 200
+    stuck = []
+    for _ in range(16):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.send(pipelined)
+        stuck.append(sock)
+    opened = time.monotonic()
+    try:
+        time.sleep(1)
+        user = f"user-{uuid.uuid4().hex}"
+        for _ in range(10):
+            started = time.monotonic()
+            reply = exchange(server.port, request("GET", f"/api/{user}/tasks", user), timeout=5)
+            assert reply.status == 200
+            assert time.monotonic() - started < 2
+        # Dropped once their responses have waited WRITE_TIMEOUT unread.
+        time.sleep(max(0.0, opened + WRITE_TIMEOUT + 3 - time.monotonic()))
+        for sock in stuck:
+            sock.settimeout(5)
+            read_all(sock)  # ends: closed, not waiting for the next request
+    finally:
+        for sock in stuck:
+            sock.close()
+
+
+def not_arrived(port: int, shape: str) -> socket.socket:
+    """A connection whose request has begun but not arrived, in one of five shapes."""
+    user = "alice"
+    auth = f"Authorization: Bearer {token_for(user)}\r\nContent-Type: application/json\r\n"
+    raw = {
+        "pipelined partial": b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nG",
+        "chunked body unfinished": (
+            f"POST /api/{user}/tasks HTTP/1.1\r\nHost: x\r\n{auth}"
+            'Transfer-Encoding: chunked\r\n\r\n11\r\n{"ti'
+        ).encode(),
+        "large body never sent": (
+            f"POST /api/{user}/tasks HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {BIG}\r\n\r\n"
+        ).encode(),
+        "100-continue, no body": (
+            f"POST /api/{user}/tasks HTTP/1.1\r\nHost: x\r\n{auth}Expect: 100-continue\r\n"
+            "Content-Length: 40\r\n\r\n"
+        ).encode(),
+        "head over 64 KiB": b"GET /health HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"X-Pad-%d: %s\r\n" % (n, b"p" * 8000) for n in range(9)),
+    }[shape]
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(raw)
+    return sock
+
+
+NOT_ARRIVED = [
+    "pipelined partial",
+    "chunked body unfinished",
+    "large body never sent",
+    "100-continue, no body",
+    "head over 64 KiB",
+]
+
+
+@pytest.mark.parametrize("shape", NOT_ARRIVED)
+def test_requests_not_yet_arrived_hold_no_thread(server: Server, shape: str) -> None:
+    user = f"user-{uuid.uuid4().hex}"
+    waiting = [not_arrived(server.port, shape) for _ in range(16)]
+    try:
+        time.sleep(0.3)
+        durations = []
+        for _ in range(8):
+            started = time.monotonic()
+            reply = exchange(server.port, request("GET", f"/api/{user}/tasks", user), timeout=10)
+            durations.append(time.monotonic() - started)
+            assert reply.status == 200
+            time.sleep(0.1)
+        assert max(durations) < 2, durations
+    finally:
+        for sock in waiting:
+            sock.close()
+
+
+@pytest.fixture(scope="module")
+def cors_server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {"CORS_ORIGINS": "https://app.example.com", "WEB_CONCURRENCY": "1"}
+    with serving(database, tmp_path_factory.mktemp("cors"), **env) as running:
+        yield running
+
+
+SERVER_ANSWERS = {
+    414: "GET /api/alice/tasks?q={pad} HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\n\r\n",
+    431: "GET /api/alice/tasks HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nX-Big: {pad}\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("status", SERVER_ANSWERS)
+def test_the_server_answers_carry_cors_headers_for_an_allowed_origin(
+    cors_server: Server, status: int
+) -> None:
+    raw = SERVER_ANSWERS[status].format(pad="a" * 8300, origin="https://app.example.com")
+
+    reply = exchange(cors_server.port, raw.encode())
+
+    assert_problem(reply, status)
+    assert reply.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert reply.headers["vary"] == "Origin"
+    assert reply.headers["access-control-expose-headers"] == ", ".join(CORS_EXPOSE_HEADERS)
+
+
+@pytest.mark.parametrize("status", SERVER_ANSWERS)
+def test_the_server_answers_carry_no_cors_headers_for_another_origin(
+    cors_server: Server, status: int
+) -> None:
+    raw = SERVER_ANSWERS[status].format(pad="a" * 8300, origin="https://evil.example.com")
+
+    reply = exchange(cors_server.port, raw.encode())
+
+    assert_problem(reply, status)
+    assert not any(name.startswith("access-control-") for name in reply.headers)
