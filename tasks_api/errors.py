@@ -260,8 +260,9 @@ RESPONSES = {
     ),
     431: (
         "RequestHeaderFieldsTooLarge",
-        "A header field is longer than 8 KiB, or there are more than 100 of them. Answered "
-        "by the HTTP server before the app sees the request.",
+        "A header field is longer than 8 KiB, there are more than 100 of them, or the "
+        "whole head (request line and fields) passes 64 KiB. Answered by the HTTP server "
+        "before the app sees the request.",
     ),
     500: ("InternalServerError", "An unexpected failure; quote `request_id` when reporting it."),
     503: (

@@ -30,6 +30,7 @@ _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([^\r\n]*?)[ \t]*(?=\r\
 _TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)", re.I)
 _EXPECT_CONTINUE = re.compile(rb"\r\nexpect:[ \t]*100-continue[ \t]*\r\n", re.I)
 _ORIGIN = re.compile(rb"\r\norigin:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)", re.I)
+_PREFLIGHT = re.compile(rb"\r\naccess-control-request-method:", re.I)
 
 
 class Refused(Exception):
@@ -167,3 +168,11 @@ def origin(received: bytes | bytearray) -> str | None:
     head_end = received.find(b"\r\n\r\n")
     found = _ORIGIN.search(received, 0, head_end + 2 if head_end >= 0 else len(received))
     return found.group(1).decode("latin-1") if found else None
+
+
+def preflight(received: bytes | bytearray) -> bool:
+    """Whether the request is a CORS preflight: OPTIONS, asking for a method."""
+    head_end = received.find(b"\r\n\r\n")
+    return received.startswith(b"OPTIONS ") and bool(
+        _PREFLIGHT.search(received, 0, head_end + 2 if head_end >= 0 else len(received))
+    )

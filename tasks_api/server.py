@@ -65,7 +65,7 @@ from gunicorn.util import write_nonblock
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 from werkzeug.exceptions import BadRequest, RequestTimeout
 
-from . import CORS_EXPOSE_HEADERS, framing
+from . import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS, framing
 from .framing import MALFORMED_CHUNKS, Arrival, Refused
 
 log = logging.getLogger("tasks_api.request")
@@ -262,6 +262,7 @@ class Connection(TConn):  # type: ignore[misc]
         self.arrival = Arrival(self.cfg.limit_request_field_size)
         self.continued = False  # `100 Continue` sent
         self.origin: str | None = None
+        self.preflight = False  # a CORS preflight (OPTIONS asking for a method)
 
     def init(self) -> None:
         """Called by the thread before each request: hand the parser what the poller read."""
@@ -370,6 +371,7 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         if complete:
             self._stop_awaiting(conn)
             conn.origin = framing.origin(conn.received)
+            conn.preflight = framing.preflight(conn.received)
             conn.data_ready = True
             self.enqueue_req(conn)
         elif arrival.head_end >= 0 and not had_head:
@@ -659,8 +661,18 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             return
         status, detail = describe(exc, self.cfg)
         request_id = _sent_request_id(req) or uuid.uuid4().hex
-        _log_rejected(getattr(req, "method", None), status, detail, request_id, exc)
-        answer = problem_response(status, detail, request_id, self._cors(conn and conn.origin))
+        origin = conn.origin if conn is not None else None
+        if conn is not None and conn.preflight and self._cors(origin) and status < 500:
+            # A browser sends the request itself only after a 2xx preflight: refusing the
+            # preflight (a URL too long: 414) left its script a bare network error; the
+            # request then gets the problem, which it can read.
+            _log_rejected(
+                "OPTIONS", 204, f"a preflight of a request that is a {status}", request_id, None
+            )
+            answer = preflight_response(origin or "", request_id)
+        else:
+            _log_rejected(getattr(req, "method", None), status, detail, request_id, exc)
+            answer = problem_response(status, detail, request_id, self._cors(origin))
         with contextlib.suppress(OSError):  # the client is gone
             if conn is not None and conn.sock is client:
                 conn.output = _Output(client)  # sent, then the close lingers
@@ -774,6 +786,20 @@ def problem_response(status: int, detail: str, request_id: str, headers: str = "
         f"X-Request-ID: {request_id}\r\n" + SECURITY_HEADERS + headers + "\r\n"
     )
     return head.encode("latin-1") + body
+
+
+def preflight_response(origin: str, request_id: str) -> bytes:
+    """A CORS preflight's yes, from the server itself; the connection closes."""
+    head = (
+        "HTTP/1.1 204 No Content\r\n"
+        "Connection: close\r\n"
+        f"Access-Control-Allow-Origin: {origin}\r\n"
+        "Vary: Origin\r\n"
+        "Access-Control-Allow-Methods: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
+        f"Access-Control-Allow-Headers: {', '.join(CORS_ALLOW_HEADERS)}\r\n"
+        f"X-Request-ID: {request_id}\r\n" + SECURITY_HEADERS + "\r\n"
+    )
+    return head.encode("latin-1")
 
 
 def _flask_app(app: object) -> Flask | None:

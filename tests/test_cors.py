@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 
 from tasks_api import create_app
 from tasks_api.config import Settings
-from tests.support import SECRET, token_for
+from tests.support import REQUIRED, SECRET, free_port, start_gunicorn, token_for
 
 APP_ORIGIN = "https://app.example.com"
 
@@ -126,3 +130,70 @@ def test_no_cors_by_default(client: FlaskClient) -> None:
     response = preflight(client, "https://app.example.com")
 
     assert "Access-Control-Allow-Origin" not in response.headers
+
+
+# --- in a real browser -----------------------------------------------------------------
+
+
+def test_a_page_on_an_allowed_origin_reads_the_servers_own_problems_and_replays(
+    tmp_path: Path,
+) -> None:
+    """Chromium, from a page on another origin: the HTTP server's own 414 (its problem
+    body, not an opaque network error) and a replayed create's Idempotent-Replayed."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            raise RuntimeError("REQUIRE_BROWSER=1 but chromium is not installed")
+        pytest.skip("chromium is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    page_server = make_server("127.0.0.1", 0, blank_page)
+    threading.Thread(target=page_server.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{page_server.server_port}"
+    port = free_port()
+    env = {**REQUIRED, "CORS_ORIGINS": origin, "INSTANCE_PATH": str(tmp_path / "instance")}
+    with (tmp_path / "log").open("wb") as log:
+        process = start_gunicorn(env, port, log)
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(origin)
+                seen = page.evaluate(
+                    BROWSER_CALLS, [f"http://127.0.0.1:{port}", token_for("alice")]
+                )
+            finally:
+                browser.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        page_server.shutdown()
+
+    assert seen["long"] == {"status": 414, "problem": 414, "type": "application/problem+json"}
+    assert seen["replayed"] == [None, "true"]
+
+
+def blank_page(_environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """The front end's origin: a page whose scripts call the API on another one."""
+    start_response("200 OK", [("Content-Type", "text/html")])
+    return [b"<!doctype html><title>a front end</title>"]
+
+
+BROWSER_CALLS = """async ([api, token]) => {
+  const auth = {Authorization: `Bearer ${token}`};
+  const long = await fetch(`${api}/api/alice/tasks?q=${"x".repeat(9000)}`, {headers: auth});
+  const problem = await long.json();
+  const replayed = [];
+  for (let i = 0; i < 2; i++) {
+    const created = await fetch(`${api}/api/alice/tasks`, {
+      method: "POST",
+      headers: {...auth, "Content-Type": "application/json", "Idempotency-Key": "from-a-page"},
+      body: JSON.stringify({title: "once"}),
+    });
+    replayed.push(created.headers.get("Idempotent-Replayed"));
+  }
+  return {
+    long: {status: long.status, problem: problem.status, type: long.headers.get("Content-Type")},
+    replayed,
+  };
+}"""
