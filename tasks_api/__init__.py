@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import click
 import flask_smorest
 from flask import Blueprint, Flask, Response, request
+from flask.json.provider import DefaultJSONProvider
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -53,6 +55,27 @@ most 64 KiB; an empty body counts as no body.
 """
 
 
+class JSONProvider(DefaultJSONProvider):
+    """Flask's, with each schema's field order kept (id first), and text as UTF-8 rather
+    than \\uXXXX escapes (RFC 8259): escapes made a page of non-Latin text up to 6x larger.
+
+    A lone surrogate cannot be UTF-8, and comes only from a client's own malformed input
+    echoed in an error (a field named "\\ud800"): such a body is escaped as before.
+    """
+
+    sort_keys = False
+    ensure_ascii = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        text = super().dumps(obj, **kwargs)
+        if not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                text = super().dumps(obj, **{**kwargs, "ensure_ascii": True})
+        return text
+
+
 class Api(flask_smorest.Api):
     """flask-smorest's Api, without the parts that would misdescribe this API."""
 
@@ -92,10 +115,7 @@ def create_app(settings: Settings | None = None, *, instance_path: str | None = 
         # Every operation needs the bearer token unless it says otherwise.
         API_SPEC_OPTIONS={"info": {"description": DESCRIPTION}, "security": [{"bearerAuth": []}]},
     )
-    # Keep each schema's field order (id first) rather than sorting keys.
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    # UTF-8 as is (RFC 8259): \uXXXX escapes made a page of non-Latin text up to 6x larger.
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json = JSONProvider(app)
     app.extensions["tasks_api.settings"] = settings
     # Kept out of Flask's SECRET_KEY: with it set, Flask would open a cookie session on
     # every request, and this API has no sessions.

@@ -97,6 +97,17 @@ def test_text_goes_out_as_utf_8_not_escapes(client: FlaskClient, tasks_url: str)
     assert created.get_json()["title"] == title and created.get_json()["tags"] == [tag]
 
 
+def test_a_lone_surrogate_echoed_in_an_error_is_escaped_not_a_500(
+    client: FlaskClient, tasks_url: str
+) -> None:
+    # Not UTF-8: the one text that goes out escaped (a field named after it, here).
+    body = b'{"title": "x", "\\ud800": 1}'
+    response = client.post(tasks_url, data=body, content_type="application/json")
+
+    problem = assert_problem(response, 422)
+    assert list(problem["errors"]) == ["\ud800"] and b"\\ud800" in response.data
+
+
 def test_create_completed_sets_completed_at(client: FlaskClient, tasks_url: str) -> None:
     task = client.post(
         tasks_url, json={"title": "Done", "description": "", "completed": True}
