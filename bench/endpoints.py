@@ -13,7 +13,7 @@ round trips per request (through a counting TCP proxy, in the steady state: afte
 warm-up past psycopg's prepare on every worker's connection; any connection opened or
 extra round trip while counting is shown below the table), also for a create with an
 Idempotency-Key and its replay; p50 with 10 ms added each way between app and database
-(20 ms round trip); plain Flask's ratio and each app's worker CPU time per request; RSS
+(20 ms round trip); plain Flask's ratio and each app's worker CPU time per request; PSS
 per worker, and cold start (exec of the Procfile's web command to the first 200 from
 /health).
 
@@ -82,7 +82,17 @@ def main() -> None:
     parser.add_argument("--network", action="store_true", help="the delaying-proxy mode")
     parser.add_argument("--delay-ms", type=float, default=2.0, help="per round trip")
     parser.add_argument("--web-threads", help="WEB_THREADS for tasks_api (default: its own)")
+    parser.add_argument(
+        "--efficiency", action="store_true", help="bench/efficiency.py: CPU and memory per request"
+    )
+    parser.add_argument("--before", help="with --efficiency: the version to compare against")
     options = parser.parse_args()
+    if options.efficiency:
+        import efficiency
+
+        options.before = options.before or efficiency.BEFORE
+        efficiency.run(options)
+        return
     if shutil.which("wrk") is None:
         # A fresh machine has no package lists yet.
         subprocess.run(["apt-get", "update", "-qq"], check=True)
@@ -186,9 +196,11 @@ class Server:
         database_url: str,
         worker: list[str] | None = None,
         env_extra: dict[str, str] | None = None,
+        root: Path = ROOT,
     ) -> None:
         """`worker`: gunicorn options for the worker model (default: the app's own
-        config, and the same threaded worker for the baselines)."""
+        config, and the same threaded worker for the baselines); `root`: the tree the
+        app is served from (another version's, for bench/efficiency.py)."""
         self.port = free_port()
         env = {**os.environ, "PORT": str(self.port), "WEB_CONCURRENCY": "2", **(env_extra or {})}
         if kind == "app":
@@ -198,6 +210,10 @@ class Server:
                 "SECRET_KEY": secrets.token_urlsafe(32),
             }
             command = ["gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"]
+        elif kind == "floor":  # bench/floor.py, under gunicorn's stock threaded worker
+            env["FLOOR_DATABASE_URL"] = database_url
+            command = ["gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{self.port}"]
+            command += ["--worker-class", "gthread", "--threads", "4", "bench.floor:app"]
         else:
             env["BASELINE_DATABASE_URL"] = database_url
             command = [
@@ -208,11 +224,12 @@ class Server:
                 f"127.0.0.1:{self.port}",
                 "bench.flask_baseline:app" if kind == "flask" else "bench.baseline:app",
             ]
-        command[1:1] = worker if worker is not None else ([] if kind == "app" else SAME_WORKER)
+        if kind != "floor":
+            command[1:1] = worker if worker is not None else ([] if kind == "app" else SAME_WORKER)
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, "-m", *command],
-            cwd=ROOT,
+            cwd=root,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -240,12 +257,15 @@ class Server:
         one worker. Also fills each worker's pool and psycopg's prepared statements."""
         wrk(self.port, "get", targets, 1, 64)
 
-    def worker_rss_mib(self) -> list[float]:
+    def worker_pss_mib(self) -> list[float]:
+        """Each worker's proportional set size: its own pages, and its share of those it
+        shares with the master and the other worker (what it adds to the dyno's memory;
+        RSS counts shared pages in full, in every worker)."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         sizes = []
         for pid in children.read_text().split():
-            status = Path(f"/proc/{pid}/status").read_text()
-            kib = int(re.search(r"VmRSS:\s+(\d+)", status)[1])  # type: ignore[index]
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            kib = int(re.search(r"^Pss:\s+(\d+)", rollup, re.M)[1])  # type: ignore[index]
             sizes.append(kib / 1024)
         return sizes
 
@@ -316,7 +336,7 @@ def load(
     url: str, work: Path, targets: dict[str, Path], options: argparse.Namespace
 ) -> dict[str, Any]:
     results: dict[str, Any] = {kind: {mode: [] for mode in MODES} for kind in KINDS}
-    results["rss"], results["cold start"] = [], []
+    results["pss"], results["cold start"] = [], []
     slice_number = 0
     for _ in range(options.rounds):
         for kind in KINDS:
@@ -336,7 +356,7 @@ def load(
                     result["cpu_us"] = cpu * 1e6 / result["requests"]
                     results[kind][mode].append(result)
                 if kind == "app":
-                    results["rss"].extend(server.worker_rss_mib())
+                    results["pss"].extend(server.worker_pss_mib())
             finally:
                 server.stop()
     return results
@@ -881,8 +901,8 @@ def report(results: dict[str, Any], extras: dict[str, Any], options: argparse.Na
             f"| {mode} | {base:.0f} | {flask:.0f} | {flask / base:.2f}x "
             f"| {med('app', mode, 'rps') / base:.2f}x | {cpu} us |"
         )
-    rss = results["rss"]
-    print(f"\nRSS per worker after load: {min(rss):.0f}-{max(rss):.0f} MiB")
+    pss = results["pss"]
+    print(f"\nPSS per worker after load: {min(pss):.1f}-{max(pss):.1f} MiB")
     print(
         f"cold start to first /health 200: median {statistics.median(results['cold start']):.2f} s"
     )

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from gunicorn.config import Config
 
-from tasks_api import MAX_BODY_BYTES, create_app, positions
+from tasks_api import MAX_BODY_BYTES, create_app, framing, positions
 from tasks_api.config import Settings
 from tasks_api.repository.changes import TOMBSTONE_RETENTION
 from tasks_api.repository.keys import KEY_LIFETIME
@@ -95,8 +95,10 @@ CLAIMS: list[tuple[str, str, Any]] = [
     ("api", r"a body over (\d+) KiB", lambda d: [MAX_BODY_BYTES // 1024]),
     ("api", r"a request line over (\d+) KiB", lambda d: [
         (GUNICORN["limit_request_line"] + 2) // 1024]),
-    ("api", r"a header field over (\d+) KiB, or more than (\d+) header fields", lambda d: [
-        (GUNICORN["limit_request_field_size"] - 2) // 1024, GUNICORN["limit_request_fields"]]),
+    ("api", r"a header field over (\d+) KiB, more than (\d+) header fields, or a head over "
+     r"(\d+) KiB in all", lambda d: [
+        (GUNICORN["limit_request_field_size"] - 2) // 1024, GUNICORN["limit_request_fields"],
+        framing.HEAD_LIMIT // 1024]),
     ("api", r"At most ([\d,]+) tasks \(subtasks included\) and ([\d,]+) lists, besides (\d+) "
      r"tags a task and (\d+)\s+subtasks a parent", lambda d: [
         MAX_TASKS, MAX_LISTS, field(d, "TaskCreate", "tags")["maxItems"], MAX_SUBTASKS]),

@@ -1,0 +1,217 @@
+"""Benchmark: worker CPU and memory per request, this tree against an earlier version of
+tasks_api and the bare floor, in one run (`bench/endpoints.py --efficiency` runs it).
+
+    python bench/efficiency.py [--before REV] [--rounds 3] [--seconds 5] [--delay-ms 2]
+
+Three servers, each gunicorn with 2 workers, in an order that turns each round: the floor
+(bench/floor.py: a bare WSGI function whose database writes the JSON, under gunicorn's
+stock threaded worker, 4 threads, a psycopg_pool pool of 4 each), tasks_api at REV (the
+version before the efficiency work, from `git archive`, served from its own tree with its
+own gunicorn.conf.py) and tasks_api as it is here. Each is started (cold start: exec to
+the first 200 from /health, or from a list for the floor), warmed for a second, then
+loaded with wrk (2 threads, 16 connections, bench/tasks.lua) on loopback for GET one,
+list (20) and create: requests per second, and worker CPU per request (the CPU seconds
+of the worker processes over the requests served). After the load, PSS per worker
+(/proc/PID/smaps_rollup: its own pages and its share of those it shares with the master
+and the other worker). Then both versions again, GET one and list with 64 connections,
+on loopback and through bench/delay_proxy.c adding --delay-ms per database round trip.
+
+Prints the medians of the rounds and the goals of issue 22: worker CPU per request at
+least 25% below REV's on GET one, list and create; at least 0.75x the floor's throughput
+on loopback with 16 connections (GET one, list); at --delay-ms with 64 connections at
+least 0.85x the same build's loopback throughput (GET one, list); PSS per worker at most
+40 MiB; cold start at most 0.6 s. PostgreSQL at BENCH_POSTGRES_URL (default: the local
+one); the scratch database is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from endpoints import ADMIN_URL, DelayProxy, Server, seed, wrk  # noqa: E402
+
+from tasks_api import db  # noqa: E402
+
+DATABASE = "tasks_api_bench_efficiency"
+# The last commit before issue 22's work: the version this one is measured against.
+BEFORE = "HEAD"
+LOOPBACK_MODES = ("get", "list", "create")
+NETWORK_MODES = ("get", "list")
+KINDS = ("floor", "before", "after")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", default=BEFORE, help="the version to compare against")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
+    parser.add_argument("--delay-ms", type=float, default=2.0, help="per database round trip")
+    run(parser.parse_args())
+
+
+def run(options: argparse.Namespace) -> None:
+    if shutil.which("wrk") is None:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    url = make_url(ADMIN_URL).set(database=DATABASE)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DATABASE}")
+    work = Path(tempfile.mkdtemp(prefix="tasks_api_bench_efficiency_"))
+    proxy = None
+    try:
+        before = checkout(options.before, work / "before")
+        db.upgrade(url.set(drivername="postgresql+psycopg"))
+        plain = url.render_as_string(hide_password=False)
+        targets = seed(plain, work, 0)["hot"]
+        proxy = DelayProxy(work, url.port or 5432, options.delay_ms)
+        proxied = url.set(port=proxy.port).render_as_string(hide_password=False)
+        roots = {"before": before, "after": ROOT}
+        results: dict[str, Any] = {}
+        for n in range(options.rounds):
+            kinds = KINDS[n % 3 :] + KINDS[: n % 3]
+            for kind in kinds:
+                server = Server(
+                    "floor" if kind == "floor" else "app", plain, root=roots.get(kind, ROOT)
+                )
+                try:
+                    add(results, kind, "cold start", server.cold_start)
+                    server.warm(targets)
+                    for mode in LOOPBACK_MODES:
+                        cpu = server.worker_cpu_seconds()
+                        result = wrk(server.port, mode, targets, options.seconds, 16)
+                        cpu = server.worker_cpu_seconds() - cpu
+                        add(results, kind, f"{mode} rps", result["rps"])
+                        add(results, kind, f"{mode} cpu", cpu * 1e6 / result["requests"])
+                        add(results, kind, f"{mode} errors", result["errors"] + result["transport"])
+                    for pss in server.worker_pss_mib():
+                        add(results, kind, "pss", pss)
+                finally:
+                    server.stop()
+            for kind in kinds:
+                if kind == "floor":
+                    continue
+                for path, database in (("loopback", plain), ("network", proxied)):
+                    server = Server("app", database, root=roots[kind])
+                    try:
+                        server.warm(targets)
+                        for mode in NETWORK_MODES:
+                            result = wrk(server.port, mode, targets, options.seconds, 64)
+                            add(results, kind, f"{mode} {path} 64 rps", result["rps"])
+                    finally:
+                        server.stop()
+        report(results, options)
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+
+
+def checkout(revision: str, into: Path) -> Path:
+    """The tree at `revision`, as `git archive` gives it."""
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", revision], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    into.mkdir(parents=True)
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def add(results: dict[str, Any], kind: str, key: str, value: float) -> None:
+    results.setdefault(kind, {}).setdefault(key, []).append(value)
+
+
+def report(results: dict[str, Any], options: argparse.Namespace) -> None:
+    def med(kind: str, key: str) -> float:
+        return statistics.median(results[kind][key])
+
+    revision = subprocess.run(
+        ["git", "rev-parse", "--short", options.before], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"\n{platform.node()}: {os.cpu_count()} CPUs, python {platform.python_version()},"
+        f" {time.strftime('%Y-%m-%d')}; medians of {options.rounds} rounds, the three"
+        f" servers alternating; wrk -t2 -d{options.seconds}s; before = {revision}\n"
+    )
+    print("| loopback, 16 connections | floor | before | after |")
+    print("|---|---|---|---|")
+    for mode in LOOPBACK_MODES:
+        cells = [
+            f"{med(k, f'{mode} rps'):.0f} req/s, {med(k, f'{mode} cpu'):.0f} us" for k in KINDS
+        ]
+        print(f"| {mode} (req/s, worker CPU per request) | " + " | ".join(cells) + " |")
+    print(
+        "| PSS per worker (MiB), median (max) | "
+        + " | ".join(f"{med(k, 'pss'):.1f} ({max(results[k]['pss']):.1f})" for k in KINDS)
+        + " |"
+    )
+    print("| cold start (s) | " + " | ".join(f"{med(k, 'cold start'):.2f}" for k in KINDS) + " |")
+    errors = {k: sum(sum(results[k][f"{m} errors"]) for m in LOOPBACK_MODES) for k in KINDS}
+    if any(errors.values()):
+        print(f"non-2xx or transport errors: {errors}")
+
+    delay = f"{options.delay_ms:g} ms"
+    print(
+        f"\n| 64 connections, req/s | before: loopback | before: {delay} "
+        f"| after: loopback | after: {delay} |"
+    )
+    print("|---|---|---|---|---|")
+    for mode in NETWORK_MODES:
+        cells = [
+            f"{med(k, f'{mode} {path} 64 rps'):.0f}"
+            for k in ("before", "after")
+            for path in ("loopback", "network")
+        ]
+        print(f"| {mode} | " + " | ".join(cells) + " |")
+
+    print("\n| goal | GET one | list (20) | create | met |")
+    print("|---|---|---|---|---|")
+
+    def row(label: str, values: list[float], ok: bool, fmt: str = "{:.2f}x") -> None:
+        cells = [fmt.format(v) for v in values] + ["-"] * (3 - len(values))
+        print(f"| {label} | " + " | ".join(cells) + f" | {'yes' if ok else 'NO'} |")
+
+    cut = [1 - med("after", f"{m} cpu") / med("before", f"{m} cpu") for m in LOOPBACK_MODES]
+    row("worker CPU per request, less than before (>= 25%)", cut, min(cut) >= 0.25, "{:.0%}")
+    floor = [med("after", f"{m} rps") / med("floor", f"{m} rps") for m in NETWORK_MODES]
+    row("loopback 16: throughput / floor (>= 0.75x)", floor, min(floor) >= 0.75)
+    net = [
+        med("after", f"{m} network 64 rps") / med("after", f"{m} loopback 64 rps")
+        for m in NETWORK_MODES
+    ]
+    row(f"{delay} 64: throughput / same build on loopback 64 (>= 0.85x)", net, min(net) >= 0.85)
+    was = [med("before", f"{m} rps") / med("floor", f"{m} rps") for m in NETWORK_MODES]
+    row("(before) loopback 16: throughput / floor", was, True)
+    pss = max(results["after"]["pss"])
+    print(
+        f"| PSS per worker, largest (<= 40 MiB) | {pss:.1f} MiB | | "
+        f"| {'yes' if pss <= 40 else 'NO'} |"
+    )
+    cold = med("after", "cold start")
+    print(f"| cold start (<= 0.6 s) | {cold:.2f} s | | | {'yes' if cold <= 0.6 else 'NO'} |")
+
+
+if __name__ == "__main__":
+    main()
