@@ -6,6 +6,7 @@ set them too. gunicorn also reads this file by default when started from the pro
 folder.
 """
 
+import gc
 import os
 
 from tasks_api.config import ConfigError, ServerSettings
@@ -26,6 +27,11 @@ workers = server.workers
 # defaults to the same number: one connection per thread, none waited for.
 worker_class = "tasks_api.server.Worker"
 threads = server.threads
+# The app is built once, in the master, and the workers fork from it: they share its
+# pages instead of each building its own (PSS per worker 52 -> 38 MiB, measured in
+# bench/efficiency.py). Each worker then drops the pool it inherited (none is open: the
+# master never serves) before its first connection (tasks_api/server.py).
+preload_app = True
 # Under the 30 s that Heroku's router and SIGTERM-to-SIGKILL window allow.
 timeout = 25
 graceful_timeout = 25
@@ -66,3 +72,10 @@ def on_starting(server: object) -> None:
     logs.configure(settings)
     if not db.start_check(settings):
         raise SystemExit(1)  # said in the log: the database refuses the service for good
+
+
+def pre_fork(server: object, worker: object) -> None:
+    """Move the preloaded app's objects out of the collector's reach: a collection in a
+    worker would otherwise write to every page they share with the master (Python's
+    docs, gc.freeze)."""
+    gc.freeze()

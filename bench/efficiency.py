@@ -53,7 +53,7 @@ from tasks_api import db  # noqa: E402
 
 DATABASE = "tasks_api_bench_efficiency"
 # The last commit before issue 22's work: the version this one is measured against.
-BEFORE = "HEAD"
+BEFORE = "0dbd73bae974eb10fe1087861c025e7f7fbd1f85"
 LOOPBACK_MODES = ("get", "list", "create")
 NETWORK_MODES = ("get", "list")
 KINDS = ("floor", "before", "after")

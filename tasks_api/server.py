@@ -613,6 +613,12 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         flask_app = _flask_app(app)
         settings = flask_app.extensions.get("tasks_api.settings") if flask_app else None
         self.cors_origins = tuple(getattr(settings, "cors_origins", ()))
+        engine = flask_app.extensions.get("tasks_api.engine") if flask_app else None
+        if engine is not None:
+            # Built in the master (preload_app): a connection made before the fork would
+            # be shared with it and the other workers. None is, but this worker's pool
+            # starts empty whatever happened there (SQLAlchemy's advice for forks).
+            engine.dispose(close=False)
         self.wsgi = self._tracked(app)
 
     def _tracked(self, app: WSGIApp) -> WSGIApp:

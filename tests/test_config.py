@@ -263,9 +263,16 @@ def test_gunicorn_takes_port_and_workers_from_dotenv(tmp_path: Path) -> None:
                     break
             except OSError:
                 time.sleep(0.1)
-        workers = [
-            stat for stat in Path("/proc").glob("[0-9]*/stat") if _parent_pid(stat) == process.pid
-        ]
+        # gunicorn spawns them one after another, up to 0.1 s apart.
+        for _ in range(50):
+            workers = [
+                stat
+                for stat in Path("/proc").glob("[0-9]*/stat")
+                if _parent_pid(stat) == process.pid
+            ]
+            if len(workers) >= 3:
+                break
+            time.sleep(0.1)
         assert len(workers) == 3
     finally:
         process.terminate()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
 
-from tasks_api import create_app
+from tasks_api import create_app, logs
 from tasks_api.config import ConfigError, Settings
 from tasks_api.logs import JSONFormatter
 from tests.support import SECRET, UserClient
@@ -86,3 +88,39 @@ def test_log_format_json_writes_json_to_stdout(
 def test_log_format_is_validated() -> None:
     with pytest.raises(ConfigError, match="LOG_FORMAT: expected text or json"):
         Settings.from_env({"LOG_FORMAT": "xml"})
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_request_lines_written_directly_are_what_the_formatter_writes(
+    log_format: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In production the root logger has configure()'s handler alone, and request lines
+    # skip the logging machinery; under pytest, whose handlers are there too, they do not.
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    try:
+        logs.configure(Settings.from_env({"LOG_FORMAT": log_format}), stream)
+        (handler,) = [h for h in root.handlers if getattr(h, "tasks_api", False)]
+        lines = logs._lines
+        assert lines is not None and not lines.ready()  # pytest's handlers are there
+        root.handlers = [handler]
+        assert lines.ready()
+        fields = {
+            "method": "GET",
+            "route": "/api/<user_id>/tasks",
+            "status": 200,
+            "duration_ms": 1.25,
+            "request_id": "req-42",
+        }
+        message = "GET /api/<user_id>/tasks 200 1.25ms request_id=req-42"
+        monkeypatch.setattr(time, "time", lambda: 1_764_849_600.25)
+        lines.write(message, fields)
+    finally:
+        root.handlers = saved
+    record = logs.log.makeRecord(
+        logs.log.name, logging.INFO, "", 0, message, (), None, extra=fields
+    )
+    record.created, record.msecs = 1_764_849_600.25, 250.0
+
+    assert stream.getvalue() == handler.format(record) + "\n"
