@@ -77,6 +77,12 @@ def statements() -> Iterator[tuple[str, Any, list[str]]]:
                     listing.list_query(dialect, sort, variant).statement,
                     [dialect],
                 )
+            encoded = listing.ListVariant(after=True, by_tags=True, encoded=True)
+            yield (
+                f"list {sort} {encoded}",
+                listing.list_query(dialect, sort, encoded).statement,
+                [dialect],
+            )
             for in_list, under in itertools.product((None, "inbox", "id"), (None, "none", "id")):
                 variant = listing.ListVariant(after=True, in_list=in_list, under=under)  # type: ignore[arg-type]
                 query = listing.list_query(dialect, sort, variant)

@@ -85,6 +85,31 @@ def set_times(app: Flask, user_id: str, **values: datetime) -> None:
 # --- filters and search -------------------------------------------------------------
 
 
+def test_a_page_shows_each_task_exactly_as_reading_it_does(
+    client: FlaskClient, tasks_url: str, user_id: str
+) -> None:
+    # On PostgreSQL the database writes a page's JSON itself (listing.TASK_JSON); reading
+    # one task goes through schemas.tasks.dump_task. Same fields, order and text.
+    folder = client.post(f"/api/{user_id}/lists", json={"title": "Ξ folder"}).get_json()
+    sent: list[dict[str, Any]] = [
+        {"title": 'quotes " and \\ back\u0001slash\ttab\nline', "description": None},
+        {"title": "Café ☕ 買い物 😀", "description": "ⓓ" * 50, "tags": ["a,b", "Über"]},
+        {"title": "dated", "due_date": "0999-01-02", "priority": "urgent", "completed": True},
+        {"title": "in a list", "list_id": folder["id"], "status": "in_progress"},
+    ]
+    created = [client.post(tasks_url, json=body).get_json() for body in sent]
+    created.append(
+        client.post(tasks_url, json={"title": "a step", "parent_id": created[0]["id"]}).get_json()
+    )
+
+    page = client.get(tasks_url).get_json()
+    one_by_one = [client.get(f"{tasks_url}/{task['id']}").get_json() for task in page]
+
+    assert page == one_by_one
+    assert [list(task) for task in page] == [list(task) for task in one_by_one]
+    assert {task["id"] for task in page} == {task["id"] for task in created}
+
+
 def test_completed_filter(client: FlaskClient, tasks_url: str) -> None:
     done = [create(client, tasks_url, f"done {n}", completed=True)["id"] for n in range(3)]
     todo = [create(client, tasks_url, f"todo {n}")["id"] for n in range(2)]
