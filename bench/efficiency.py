@@ -22,6 +22,13 @@ on loopback with 16 connections (GET one, list); at --delay-ms with 64 connectio
 least 0.85x the same build's loopback throughput (GET one, list); PSS per worker at most
 40 MiB; cold start at most 0.6 s. PostgreSQL at BENCH_POSTGRES_URL (default: the local
 one); the scratch database is dropped afterwards.
+
+    python bench/efficiency.py --profile get|list|create [--seconds 5]
+
+Where a worker's time goes instead: this tree with one worker under wrk's 16 connections,
+sampled by py-spy (installed apart: it is no dependency of the project) while a thread
+holds the GIL; a flame graph in artifacts/profile-MODE.svg, and the functions in the most
+samples printed.
 """
 
 from __future__ import annotations
@@ -29,12 +36,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from io import BytesIO
 from pathlib import Path
@@ -65,7 +74,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
     parser.add_argument("--delay-ms", type=float, default=2.0, help="per database round trip")
-    run(parser.parse_args())
+    parser.add_argument(
+        "--profile",
+        choices=("get", "list", "create"),
+        help="instead: profile one worker of this tree under that load with py-spy",
+    )
+    options = parser.parse_args()
+    if options.profile:
+        profile(options)
+    else:
+        run(options)
 
 
 def run(options: argparse.Namespace) -> None:
@@ -126,6 +144,93 @@ def run(options: argparse.Namespace) -> None:
         shutil.rmtree(work, ignore_errors=True)
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+
+
+def profile(options: argparse.Namespace) -> None:
+    """Where a worker's time goes: py-spy samples one worker (of one) of this tree, only
+    while a thread holds the GIL, under wrk's 16 connections; writes a flame graph
+    (SVG) and prints the functions that took the most samples, themselves and below."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit(
+            "--profile needs py-spy, which is not a dependency of the project: "
+            "python3 -m venv /tmp/py-spy && /tmp/py-spy/bin/pip install py-spy, "
+            "then PATH=/tmp/py-spy/bin:$PATH"
+        )
+    url = make_url(ADMIN_URL).set(database=DATABASE)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DATABASE}")
+    work = Path(tempfile.mkdtemp(prefix="tasks_api_profile_"))
+    try:
+        db.upgrade(url.set(drivername="postgresql+psycopg"))
+        plain = url.render_as_string(hide_password=False)
+        targets = seed(plain, work, 0)["hot"]
+        server = Server("app", plain, env_extra={"WEB_CONCURRENCY": "1"})
+        try:
+            server.warm(targets)
+            (worker,) = (
+                Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+                .read_text()
+                .split()
+            )
+            load = threading.Thread(
+                target=wrk,
+                args=(server.port, options.profile, targets, 2 * options.seconds + 2, 16),
+            )
+            load.start()
+            time.sleep(1)
+            svg, raw = (
+                ROOT / "artifacts" / f"profile-{options.profile}.{kind}" for kind in ("svg", "txt")
+            )
+            svg.parent.mkdir(exist_ok=True)
+            for output, kind in ((svg, "flamegraph"), (raw, "raw")):
+                subprocess.run(
+                    [
+                        spy,
+                        "record",
+                        "--pid",
+                        worker,
+                        "--gil",
+                        "--nonblocking",
+                        "--rate",
+                        "250",
+                        "--duration",
+                        str(options.seconds),
+                        "--format",
+                        kind,
+                        "-o",
+                        str(output),
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
+            load.join()
+        finally:
+            server.stop()
+        print(f"flame graph: {svg}\n")
+        summarize(raw)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+
+
+def summarize(raw: Path, top: int = 30) -> None:
+    """The functions in most samples (a function counted once a sample, wherever it is
+    on the stack), from py-spy's raw output."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        total += int(n)
+        names = {
+            re.sub(r":\d+\)$", ")", frame).split("site-packages/")[-1] for frame in stack.split(";")
+        }
+        for name in names:
+            counts[name] = counts.get(name, 0) + int(n)
+    for name, n in sorted(counts.items(), key=lambda item: -item[1])[:top]:
+        print(f"{100 * n / total:5.1f}%  {name}")
 
 
 def checkout(revision: str, into: Path) -> Path:

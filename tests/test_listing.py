@@ -85,11 +85,12 @@ def set_times(app: Flask, user_id: str, **values: datetime) -> None:
 # --- filters and search -------------------------------------------------------------
 
 
-def test_a_page_shows_each_task_exactly_as_reading_it_does(
+def test_a_page_and_a_read_show_each_task_exactly_as_its_create_answered_it(
     client: FlaskClient, tasks_url: str, user_id: str
 ) -> None:
-    # On PostgreSQL the database writes a page's JSON itself (listing.TASK_JSON); reading
-    # one task goes through schemas.tasks.dump_task. Same fields, order and text.
+    # On PostgreSQL the database writes the JSON of a page and of a read itself
+    # (repository.tasks.TASK_JSON); a create's answer goes through schemas.tasks.dump_task.
+    # Same fields, order and text.
     folder = client.post(f"/api/{user_id}/lists", json={"title": "Ξ folder"}).get_json()
     sent: list[dict[str, Any]] = [
         {"title": 'quotes " and \\ back\u0001slash\ttab\nline', "description": None},
@@ -104,10 +105,12 @@ def test_a_page_shows_each_task_exactly_as_reading_it_does(
 
     page = client.get(tasks_url).get_json()
     one_by_one = [client.get(f"{tasks_url}/{task['id']}").get_json() for task in page]
+    answered = {task["id"]: task for task in created}
 
-    assert page == one_by_one
-    assert [list(task) for task in page] == [list(task) for task in one_by_one]
-    assert {task["id"] for task in page} == {task["id"] for task in created}
+    as_created = [answered[task["id"]] for task in page]
+    assert page == one_by_one == as_created
+    assert [list(task) for task in page] == [list(task) for task in as_created]
+    assert [list(task) for task in one_by_one] == [list(task) for task in as_created]
 
 
 def test_completed_filter(client: FlaskClient, tasks_url: str) -> None:

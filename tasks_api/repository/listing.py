@@ -30,7 +30,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from ..db import Query
 from ..models import PRIORITY_RANK, PRIORITY_RANK_REVERSED, TASKS, due_key
-from .tasks import COLUMNS, INBOX, TOP_LEVEL, tag_key
+from .tasks import COLUMNS, INBOX, TASK_JSON, TOP_LEVEL, tag_key
 from .writes import Row, owner
 
 # Each list sort: the keys it orders by (then by id), all in one direction, and whether
@@ -145,46 +145,7 @@ class ListVariant:
     after: bool = False
     in_list: Literal["inbox", "id"] | None = None
     under: Literal["none", "id"] | None = None
-    encoded: bool = False  # PostgreSQL: each task as the API's JSON (TASK_JSON)
-
-
-# The task's fields in the order the API answers them (tests/test_listing.py holds them to
-# schemas.tasks.dump_task's), timestamps in RFC 3339 with microseconds and a Z, dates
-# ISO: PostgreSQL writes the JSON of a page's tasks itself. Reading 17 columns of 21 rows
-# into Python objects, then dumping them, cost ~175 us of a list's ~1.3 ms of worker CPU.
-_TIMESTAMP = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-TASK_FIELDS = (
-    "id",
-    "user_id",
-    "title",
-    "description",
-    "completed",
-    "status",
-    "priority",
-    "due_date",
-    "tags",
-    "list_id",
-    "parent_id",
-    "position",
-    "completed_at",
-    "created_at",
-    "updated_at",
-    "version",
-)
-
-
-def _field(name: str) -> str:
-    column = f"tasks.{name}"
-    if name.endswith("_at"):
-        return f"{_TIMESTAMP.format(column)} AS {name}"
-    if name == "due_date":
-        return f"to_char({column}, 'YYYY-MM-DD') AS {name}"
-    return column
-
-
-TASK_JSON: ColumnElement[str] = literal_column(
-    f"(SELECT row_to_json(task)::text FROM (SELECT {', '.join(map(_field, TASK_FIELDS))}) task)"
-)
+    encoded: bool = False  # PostgreSQL: each task as the API's JSON (tasks.TASK_JSON)
 
 
 # Built when first asked for: the variants a client can reach, per dialect and sort.

@@ -55,6 +55,8 @@ TASK_ID_PARAMETER = {
 
 def _response(task: Row, status: int = 200) -> Response:
     headers = {"ETag": etag(task)}
+    if "task_json" in task:  # PostgreSQL wrote it
+        return Response(task["task_json"], status, headers, mimetype="application/json")
     if status == 201:
         headers["Location"] = url_for(".TaskById", user_id=task["user_id"], task_id=task["id"])
     return json_response(dump_task(task), status, headers)
@@ -171,7 +173,9 @@ class TaskById(MethodView):
 
         With `If-None-Match` naming the current version, answers 304 with no body.
         """
-        task = db.read(lambda conn: repository.get_task(conn, user_id=user_id, task_id=task_id))
+        task = db.read(
+            lambda conn: repository.get_task(conn, user_id=user_id, task_id=task_id, encoded=True)
+        )
         if task is None:
             errors.not_found("task")
         return not_modified(task) or _response(task)
