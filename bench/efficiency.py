@@ -34,6 +34,7 @@ samples printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -45,12 +46,13 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -86,7 +88,10 @@ def main() -> None:
         run(options)
 
 
-def run(options: argparse.Namespace) -> None:
+@contextlib.contextmanager
+def scratch() -> Iterator[tuple[URL, Path, Path]]:
+    """The seeded scratch database (bench/endpoints.py's 500 users of 20 tasks), a work
+    folder, and the file of wrk's targets; wrk installed if missing. Dropped after."""
     if shutil.which("wrk") is None:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
@@ -95,12 +100,25 @@ def run(options: argparse.Namespace) -> None:
         conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {DATABASE}")
     work = Path(tempfile.mkdtemp(prefix="tasks_api_bench_efficiency_"))
+    try:
+        db.upgrade(url.set(drivername="postgresql+psycopg"))
+        yield url, work, seed(url.render_as_string(hide_password=False), work, 0)["hot"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+
+
+def run(options: argparse.Namespace) -> None:
+    with scratch() as (url, work, targets):
+        measure(options, url, work, targets)
+
+
+def measure(options: argparse.Namespace, url: URL, work: Path, targets: Path) -> None:
+    plain = url.render_as_string(hide_password=False)
     proxy = None
     try:
         before = checkout(options.before, work / "before")
-        db.upgrade(url.set(drivername="postgresql+psycopg"))
-        plain = url.render_as_string(hide_password=False)
-        targets = seed(plain, work, 0)["hot"]
         proxy = DelayProxy(work, url.port or 5432, options.delay_ms)
         proxied = url.set(port=proxy.port).render_as_string(hide_password=False)
         roots = {"before": before, "after": ROOT}
@@ -141,9 +159,6 @@ def run(options: argparse.Namespace) -> None:
     finally:
         if proxy is not None:
             proxy.stop()
-        shutil.rmtree(work, ignore_errors=True)
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
 
 
 def profile(options: argparse.Namespace) -> None:
@@ -157,16 +172,10 @@ def profile(options: argparse.Namespace) -> None:
             "python3 -m venv /tmp/py-spy && /tmp/py-spy/bin/pip install py-spy, "
             "then PATH=/tmp/py-spy/bin:$PATH"
         )
-    url = make_url(ADMIN_URL).set(database=DATABASE)
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DATABASE}")
-    work = Path(tempfile.mkdtemp(prefix="tasks_api_profile_"))
-    try:
-        db.upgrade(url.set(drivername="postgresql+psycopg"))
-        plain = url.render_as_string(hide_password=False)
-        targets = seed(plain, work, 0)["hot"]
-        server = Server("app", plain, env_extra={"WEB_CONCURRENCY": "1"})
+    with scratch() as (url, _work, targets):
+        server = Server(
+            "app", url.render_as_string(hide_password=False), env_extra={"WEB_CONCURRENCY": "1"}
+        )
         try:
             server.warm(targets)
             (worker,) = (
@@ -210,10 +219,6 @@ def profile(options: argparse.Namespace) -> None:
             server.stop()
         print(f"flame graph: {svg}\n")
         summarize(raw)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
 
 
 def summarize(raw: Path, top: int = 30) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -72,14 +72,7 @@ class Settings:
         `serving=False` is for the `flask` command (migrations, tokens, purges): nothing is
         served, so the settings only a server needs (auth, SECRET_KEY) may be missing.
         """
-        if env is None:
-            load_dotenv()
-            env = os.environ
-
-        def get(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
+        get = _reader(env)
         database_url = _database_url("DATABASE_URL", get("DATABASE_URL"))
         secret = _secret("AUTH_JWT_SECRET", get("AUTH_JWT_SECRET"))
         jwks_url = _jwks_url(get("AUTH_JWKS_URL"))
@@ -152,14 +145,7 @@ class ServerSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
         """Read `env` (default: `.env` then the process environment)."""
-        if env is None:
-            load_dotenv()
-            env = os.environ
-
-        def get(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
+        get = _reader(env)
         port = get("PORT")
         return cls(
             port=None if port is None else _integer("PORT", port, 0, minimum=0, maximum=65535),
@@ -167,6 +153,20 @@ class ServerSettings:
             threads=_integer("WEB_THREADS", get("WEB_THREADS"), 4, minimum=1, maximum=256),
             forwarded_allow_ips=get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1",
         )
+
+
+def _reader(env: Mapping[str, str] | None) -> Callable[[str], str | None]:
+    """A setting's value from `env` (default: `.env` then the process environment);
+    None when unset or blank."""
+    if env is None:
+        load_dotenv()
+        env = os.environ
+    source = env
+
+    def get(name: str) -> str | None:
+        return source.get(name, "").strip() or None
+
+    return get
 
 
 def _database_url(name: str, raw: str | None) -> URL | None:

@@ -342,12 +342,9 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         self.pending_conns.remove(conn)
 
     def _read_request(self, conn: Connection, _client: object) -> None:
-        try:
-            data = conn.sock.recv(RECV_BYTES)
-        except BlockingIOError:
+        data = _received(conn.sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if data:
             conn.received += data
             self._examine(conn)
@@ -525,12 +522,9 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._discard, conn))
 
     def _discard(self, conn: Connection, _client: object) -> None:
-        try:
-            data = conn.sock.recv(RECV_BYTES)
-        except BlockingIOError:
+        data = _received(conn.sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         conn.lingered += len(data)
         conn.deadline = time.monotonic() + LINGER_QUIET
         if not data or conn.lingered > LINGER_BYTES:
@@ -769,6 +763,17 @@ def describe(exc: BaseException, cfg: Any) -> tuple[int, str]:
     if isinstance(exc, SystemExit):  # a sync worker aborted in the middle of a request
         return 500, "The request took too long and was stopped; retry it."
     return 500, "An unexpected error occurred. Quote the request id when reporting it."
+
+
+def _received(sock: socket.socket) -> bytes | None:
+    """What a readable socket has (b"": the client closed or failed); None when nothing
+    after all."""
+    try:
+        return sock.recv(RECV_BYTES)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 def problem_response(status: int, detail: str, request_id: str, headers: str = "") -> bytes:
