@@ -32,18 +32,16 @@ with these changes, each for a promise of API.md or the service's throughput:
   nginx does: the client reconnects, and lands where there is room.
 - The server's own errors (400, 408, 413, 414, 431, and the 500 of a worker aborted
   on timeout) are problem+json with a request id, like the app's, with the app's CORS
-  headers for an allowed Origin; each says `Connection: close`.
-- Its log lines name no URL or query string: only status, what was wrong, request id.
+  headers for an allowed Origin; each says `Connection: close` (tasks_api/answers.py,
+  with their log lines, which name no URL or query string).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
-import re
 import select
 import selectors
 import socket
@@ -56,7 +54,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from http import HTTPStatus
 from typing import Any
 
 from flask import Flask
@@ -65,7 +62,7 @@ from gunicorn.util import write_nonblock
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 from werkzeug.exceptions import BadRequest, RequestTimeout
 
-from . import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS, framing
+from . import CORS_EXPOSE_HEADERS, answers, framing
 from .framing import MALFORMED_CHUNKS, Arrival, Refused
 
 log = logging.getLogger("tasks_api.request")
@@ -96,13 +93,6 @@ ACCEPT_LOOK = 0.005
 # nginx's default for keepalive_requests: a reconnect per 1000 requests costs nothing
 # measurable, and a busy connection moves within a minute or so.
 KEEPALIVE_REQUESTS = 1000
-# RFC 9110's names where Python's HTTPStatus still has older ones.
-_TITLES = {413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"}
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-SECURITY_HEADERS = (
-    "X-Content-Type-Options: nosniff\r\n"
-    "Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"
-)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -396,10 +386,12 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             self.poller.unregister(conn.sock)
             if conn.received:
                 request_id = uuid.uuid4().hex
-                _log_rejected(None, 408, ReadTimeout.description, request_id, None)
+                answers.log_rejected(None, 408, ReadTimeout.description, request_id, None)
                 cors = self._cors(framing.origin(conn.received))
                 with contextlib.suppress(OSError):
-                    conn.sock.send(problem_response(408, ReadTimeout.description, request_id, cors))
+                    conn.sock.send(
+                        answers.problem_response(408, ReadTimeout.description, request_id, cors)
+                    )
             self._close(conn)
         for conn in [c for c in self.writing if c.deadline <= now]:
             self.writing.remove(conn)
@@ -449,11 +441,11 @@ class Worker(ThreadWorker):  # type: ignore[misc]
     def _refuse(self, conn: Connection, status: int, detail: str) -> None:
         """Answer a request the app will not see, and close."""
         request_id = uuid.uuid4().hex
-        _log_rejected(None, status, detail, request_id, None)
+        answers.log_rejected(None, status, detail, request_id, None)
         cors = self._cors(framing.origin(conn.received))
         conn.output = _Output(conn.sock)
         try:
-            conn.output.sendall(problem_response(status, detail, request_id, cors))
+            conn.output.sendall(answers.problem_response(status, detail, request_id, cors))
         except OSError:
             self._close(conn, abort=True)
             return
@@ -622,7 +614,7 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             # The id the app logs and answers with; chosen here so that an abort can
             # answer with it too.
             sent = environ.get("HTTP_X_REQUEST_ID", "")
-            request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+            request_id = sent if answers.REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
             environ["HTTP_X_REQUEST_ID"] = request_id
             environ["wsgi.input"] = _Input(environ["wsgi.input"])
             sock = environ["gunicorn.socket"]
@@ -659,20 +651,20 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         conn: Connection | None = getattr(self.serving, "conn", None)
         if conn is not None and conn.output is not None and conn.output.written:
             return
-        status, detail = describe(exc, self.cfg)
-        request_id = _sent_request_id(req) or uuid.uuid4().hex
+        status, detail = answers.describe(exc, self.cfg)
+        request_id = answers.sent_request_id(req) or uuid.uuid4().hex
         origin = conn.origin if conn is not None else None
         if conn is not None and conn.preflight and self._cors(origin) and status < 500:
             # A browser sends the request itself only after a 2xx preflight: refusing the
             # preflight (a URL too long: 414) left its script a bare network error; the
             # request then gets the problem, which it can read.
-            _log_rejected(
+            answers.log_rejected(
                 "OPTIONS", 204, f"a preflight of a request that is a {status}", request_id, None
             )
-            answer = preflight_response(origin or "", request_id)
+            answer = answers.preflight_response(origin or "", request_id)
         else:
-            _log_rejected(getattr(req, "method", None), status, detail, request_id, exc)
-            answer = problem_response(status, detail, request_id, self._cors(origin))
+            answers.log_rejected(getattr(req, "method", None), status, detail, request_id, exc)
+            answer = answers.problem_response(status, detail, request_id, self._cors(origin))
         with contextlib.suppress(OSError):  # the client is gone
             if conn is not None and conn.sock is client:
                 conn.output = _Output(client)  # sent, then the close lingers
@@ -693,9 +685,11 @@ class Worker(ThreadWorker):  # type: ignore[misc]
                     continue
                 entry.started = True
                 detail = "The request took too long and was stopped; retry it."
-                _log_rejected(entry.method, 500, detail, entry.request_id, None)
+                answers.log_rejected(entry.method, 500, detail, entry.request_id, None)
                 try:
-                    write_nonblock(entry.sock, problem_response(500, detail, entry.request_id))
+                    write_nonblock(
+                        entry.sock, answers.problem_response(500, detail, entry.request_id)
+                    )
                     entry.sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
@@ -708,63 +702,6 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         os._exit(1)
 
 
-# gunicorn's exceptions, by what the client did wrong.
-_REQUEST_LINE = (
-    http_errors.InvalidRequestLine,
-    http_errors.InvalidRequestMethod,
-    http_errors.InvalidHTTPVersion,
-)
-_HEADER = (
-    http_errors.InvalidHeader,
-    http_errors.InvalidHeaderName,
-    http_errors.ObsoleteFolding,
-    http_errors.InvalidSchemeHeaders,
-)
-_CHUNKS = (
-    http_errors.InvalidChunkSize,
-    http_errors.ChunkMissingTerminator,
-    http_errors.InvalidChunkExtension,
-)
-
-
-def describe(exc: BaseException, cfg: Any) -> tuple[int, str]:
-    """The status and a detail for the client; never the request's own bytes."""
-    if isinstance(exc, ReadTimeout):
-        return 408, ReadTimeout.description
-    if isinstance(exc, http_errors.LimitRequestLine):
-        return 414, (
-            f"The request line is longer than {cfg.limit_request_line + 2} bytes; "
-            "shorten the URL (for a list, send fewer or shorter query parameters)."
-        )
-    if isinstance(exc, http_errors.LimitRequestHeaders):
-        return 431, (
-            f"A header field is longer than {cfg.limit_request_field_size - 2} bytes, or "
-            f"there are more than {cfg.limit_request_fields} header fields."
-        )
-    if isinstance(exc, _REQUEST_LINE):
-        return 400, "The request line is not valid HTTP/1.1 (method, target and version)."
-    if isinstance(exc, http_errors.InvalidHeader) and "bare LF" in str(exc):
-        return 400, "Lines of the request head must end with CRLF; a bare LF was sent."
-    if isinstance(exc, _HEADER):
-        return 400, (
-            "A header field is malformed, or conflicts with another (such as "
-            "Content-Length and Transfer-Encoding together, or two Content-Length)."
-        )
-    if isinstance(exc, _CHUNKS):
-        return 400, "The chunked request body is malformed."
-    if isinstance(exc, http_errors.UnsupportedTransferCoding):
-        return 501, "This Transfer-Encoding is not supported; send the body as is or chunked."
-    if isinstance(exc, http_errors.ExpectationFailed):
-        return 417, "Only `Expect: 100-continue` is supported."
-    if isinstance(exc, http_errors.ForbiddenProxyRequest):
-        return 403, "Forwarding headers are not accepted from this address."
-    if isinstance(exc, http_errors.ParseException):
-        return 400, "The request is not valid HTTP/1.1."
-    if isinstance(exc, SystemExit):  # a sync worker aborted in the middle of a request
-        return 500, "The request took too long and was stopped; retry it."
-    return 500, "An unexpected error occurred. Quote the request id when reporting it."
-
-
 def _received(sock: socket.socket) -> bytes | None:
     """What a readable socket has (b"": the client closed or failed); None when nothing
     after all."""
@@ -774,43 +711,6 @@ def _received(sock: socket.socket) -> bytes | None:
         return None
     except OSError:
         return b""
-
-
-def problem_response(status: int, detail: str, request_id: str, headers: str = "") -> bytes:
-    """A whole HTTP/1.1 response carrying an RFC 9457 problem; the connection closes.
-    `headers`: more header lines, each ending with CRLF (CORS)."""
-    title = _TITLES.get(status) or HTTPStatus(status).phrase
-    body = json.dumps(
-        {
-            "type": "about:blank",
-            "title": title,
-            "status": status,
-            "detail": detail,
-            "request_id": request_id,
-        }
-    ).encode()
-    head = (
-        f"HTTP/1.1 {status} {title}\r\n"
-        "Connection: close\r\n"
-        "Content-Type: application/problem+json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"X-Request-ID: {request_id}\r\n" + SECURITY_HEADERS + headers + "\r\n"
-    )
-    return head.encode("latin-1") + body
-
-
-def preflight_response(origin: str, request_id: str) -> bytes:
-    """A CORS preflight's yes, from the server itself; the connection closes."""
-    head = (
-        "HTTP/1.1 204 No Content\r\n"
-        "Connection: close\r\n"
-        f"Access-Control-Allow-Origin: {origin}\r\n"
-        "Vary: Origin\r\n"
-        "Access-Control-Allow-Methods: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
-        f"Access-Control-Allow-Headers: {', '.join(CORS_ALLOW_HEADERS)}\r\n"
-        f"X-Request-ID: {request_id}\r\n" + SECURITY_HEADERS + "\r\n"
-    )
-    return head.encode("latin-1")
 
 
 def _flask_app(app: object) -> Flask | None:
@@ -825,30 +725,3 @@ def _flask_app(app: object) -> Flask | None:
         )
         app = next((found for found in inner if found is not None), None)
     return None
-
-
-def _sent_request_id(req: Any) -> str | None:
-    for name, value in getattr(req, "headers", None) or ():
-        if name == "X-REQUEST-ID" and _REQUEST_ID.fullmatch(value):
-            return str(value)
-    return None
-
-
-def _log_rejected(
-    method: str | None, status: int, detail: str, request_id: str, exc: BaseException | None
-) -> None:
-    """One line, like the app's request lines; the route is unknown, the URL never shown."""
-    route = "<server>"  # answered by the HTTP server, before or instead of the app
-    unexpected = status == 500 and exc is not None and not isinstance(exc, SystemExit)
-    log.log(
-        logging.ERROR if status >= 500 else logging.INFO,
-        "%s %s %s %s request_id=%s",
-        method or "-",
-        route,
-        status,
-        detail,
-        request_id,
-        # A failure of the server's own code: its traceback, for whoever fixes it.
-        exc_info=exc if unexpected else None,
-        extra={"method": method, "route": route, "status": status, "request_id": request_id},
-    )
