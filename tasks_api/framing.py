@@ -172,7 +172,7 @@ def origin(received: bytes | bytearray) -> str | None:
 
 def preflight(received: bytes | bytearray) -> bool:
     """Whether the request is a CORS preflight: OPTIONS, asking for a method."""
+    if not received.startswith(b"OPTIONS "):
+        return False
     head_end = received.find(b"\r\n\r\n")
-    return received.startswith(b"OPTIONS ") and bool(
-        _PREFLIGHT.search(received, 0, head_end + 2 if head_end >= 0 else len(received))
-    )
+    return bool(_PREFLIGHT.search(received, 0, head_end + 2 if head_end >= 0 else len(received)))

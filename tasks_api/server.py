@@ -357,8 +357,9 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             return
         if complete:
             self._stop_awaiting(conn)
-            conn.origin = framing.origin(conn.received)
-            conn.preflight = framing.preflight(conn.received)
+            if self.cors_origins:  # read only for the CORS headers of the server's answers
+                conn.origin = framing.origin(conn.received)
+                conn.preflight = framing.preflight(conn.received)
             conn.data_ready = True
             self.enqueue_req(conn)
         elif arrival.head_end >= 0 and not had_head:

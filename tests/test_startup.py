@@ -19,8 +19,6 @@ from sqlalchemy.engine import URL
 from tests.support import REQUIRED, ROOT, free_port, start_gunicorn
 from tests.test_cli import clean_env, flask
 
-pytestmark = pytest.mark.usefixtures("postgres_url")
-
 
 @pytest.fixture
 def no_tls_server() -> Iterator[int]:

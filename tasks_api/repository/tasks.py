@@ -119,6 +119,7 @@ def _field(name: str) -> str:
     return column
 
 
+# Correlated with the statement's own `tasks` (not an alias): each read selects from it.
 TASK_JSON: ColumnElement[str] = literal_column(
     f"(SELECT row_to_json(task)::text FROM (SELECT {', '.join(map(_field, TASK_FIELDS))}) task)"
 )
