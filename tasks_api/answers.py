@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from http import HTTPStatus
 from typing import Any
 
@@ -16,12 +15,12 @@ from gunicorn.http import errors as http_errors
 from werkzeug.exceptions import RequestTimeout
 
 from . import CORS_ALLOW_HEADERS
+from .logs import REQUEST_ID
 
 log = logging.getLogger("tasks_api.request")
 
 # RFC 9110's names where Python's HTTPStatus still has older ones.
 _TITLES = {413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"}
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SECURITY_HEADERS = (
     "X-Content-Type-Options: nosniff\r\n"
     "Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"

@@ -25,8 +25,8 @@ with these changes, each for a promise of API.md or the service's throughput:
   kept-alive connection stays with the worker that took it: 64 clients connecting at
   once often all landed in one worker, which then served them with one process (one
   GIL) while the other idled, at half the throughput (benoitc/gunicorn#3433). A busy
-  worker stops listening and looks at the queue every ACCEPT_LOOK seconds; a connection
-  still waiting at its second look has found no free worker, and it takes it then.
+  worker stops listening and looks at the queue every ACCEPT_LOOK seconds; connections
+  waiting at ACCEPT_LOOKS looks in a row have found no free worker, and it takes them.
   Connections opened while only one worker was up still stay with it, so a kept-alive
   connection is closed (`Connection: close`) after KEEPALIVE_REQUESTS requests, as
   nginx does: the client reconnects, and lands where there is room.
@@ -49,7 +49,6 @@ import struct
 import sys
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -62,7 +61,7 @@ from gunicorn.util import write_nonblock
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 from werkzeug.exceptions import BadRequest, RequestTimeout
 
-from . import CORS_EXPOSE_HEADERS, answers, framing
+from . import CORS_EXPOSE_HEADERS, answers, framing, logs
 from .framing import MALFORMED_CHUNKS, Arrival, Refused
 
 log = logging.getLogger("tasks_api.request")
@@ -87,9 +86,14 @@ LINGER_TIME = 5.0
 LINGER_QUIET = 1.0
 LINGER_BYTES = 8 * 1024 * 1024
 RECV_BYTES = 64 * 1024
-# How often a worker with no free thread looks for connections no other worker took:
-# short beside a request, long beside the microseconds a free worker takes to accept.
+# How often a worker with no free thread looks for connections no other worker took,
+# and at how many looks in a row it must find some waiting before it takes them: a queue
+# seen at two looks was often two connections that free workers were taking as they came
+# (the busy worker then held one until its thread was free); four in a row, 15 ms of
+# waiting at least, is none taking them. Short beside a request, long beside the
+# moments a free worker's poller may take to wake on a loaded machine.
 ACCEPT_LOOK = 0.005
+ACCEPT_LOOKS = 4
 # nginx's default for keepalive_requests: a reconnect per 1000 requests costs nothing
 # measurable, and a busy connection moves within a minute or so.
 KEEPALIVE_REQUESTS = 1000
@@ -138,15 +142,26 @@ class _Output:
     """The socket as a response is written to it, never blocking: what the client has
     not taken yet is held, for the poller thread to send."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, joins_head: bool = False) -> None:
         self.sock = sock
         self.held: deque[memoryview] = deque()
         self.held_bytes = 0
         self.written = False  # an answer has begun: nothing else may be written
         self.stalled = False  # the client took nothing for WRITE_TIMEOUT
+        # gunicorn writes an answer's head, then its body: with `joins_head`, the head
+        # waits and goes with the body, in one send and one TCP segment instead of two
+        # (`end` sends it alone if no body comes).
+        self.joins_head = joins_head
+        self.head = b""
 
     def sendall(self, data: bytes) -> None:
+        if self.joins_head and not self.written:
+            self.written = True
+            self.head = data
+            return
         self.written = True
+        if self.head:
+            data, self.head = self.head + data, b""
         view = memoryview(data)
         if not self.held:
             view = view[self._send(view) :]
@@ -170,6 +185,11 @@ class _Output:
             self.sendall(block)
             sent += len(block)
         return sent
+
+    def end(self) -> None:
+        """The answer is complete: send a head that is still waiting (no body came)."""
+        if self.head:
+            self.sendall(b"")
 
     def flush(self) -> int:
         """Send what the client takes now; return how much that was."""
@@ -284,11 +304,23 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.in_flight: dict[int, _InFlight] = {}
         self.next_look = 0.0
-        self.waiting: set[socket.socket] = set()  # listeners with a queue at the last look
+        # listeners with a queue at the last looks: how many looks in a row
+        self.waiting: dict[socket.socket, int] = {}
         self.writing: set[Connection] = set()  # answers the poller is sending
         self.lingering: set[Connection] = set()  # closing: what the client sends is discarded
         self.serving = threading.local()  # the connection each thread is serving
         self.cors_origins: tuple[str, ...] = ()
+
+    def init_process(self) -> None:
+        # gunicorn reads a setting through Config.__getattr__ (a lookup and a call), a
+        # dozen times a request in its parser. Settings are final once the worker runs:
+        # each value is put where attribute lookup finds it first. Config's properties
+        # (worker_class, is_ssl, ...) still win over these, as data descriptors do.
+        cfg = self.cfg
+        for name, setting in cfg.settings.items():
+            if not hasattr(type(cfg), name):
+                object.__setattr__(cfg, name, setting.get())  # past Config.__setattr__
+        super().init_process()
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -316,8 +348,10 @@ class Worker(ThreadWorker):  # type: ignore[misc]
     def on_client_socket_readable(self, conn: Connection, client: socket.socket) -> None:
         """A kept-alive connection speaks again: read its next request."""
         self.keepalived_conns.remove(conn)
-        self.poller.unregister(client)
-        self._await_request(conn)
+        conn.timeout = time.monotonic() + READ_TIMEOUT
+        self.pending_conns.append(conn)
+        # The same event: only the callback changes, with no system call.
+        self.poller.modify(client, selectors.EVENT_READ, partial(self._read_request, conn))
         self._read_request(conn, client)
 
     def _await_request(self, conn: Connection) -> None:
@@ -386,7 +420,7 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             conn = self.pending_conns.popleft()
             self.poller.unregister(conn.sock)
             if conn.received:
-                request_id = uuid.uuid4().hex
+                request_id = logs.new_request_id()
                 answers.log_rejected(None, 408, ReadTimeout.description, request_id, None)
                 cors = self._cors(framing.origin(conn.received))
                 with contextlib.suppress(OSError):
@@ -424,10 +458,16 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             req.must_close = True
         # The poller sent `100 Continue` if the client waited for it.
         req._expected_100_continue = False
-        conn.output = _Output(conn.sock)
-        sock, conn.sock = conn.sock, conn.output
+        output = conn.output = _Output(conn.sock, joins_head=True)
+        sock, conn.sock = conn.sock, output
         try:
-            return bool(super().handle_request(req, conn))
+            keepalive = bool(super().handle_request(req, conn))
+            output.end()
+            return keepalive
+        except BaseException:
+            with contextlib.suppress(OSError):
+                output.end()
+            raise
         finally:
             conn.sock = sock
 
@@ -441,7 +481,7 @@ class Worker(ThreadWorker):  # type: ignore[misc]
 
     def _refuse(self, conn: Connection, status: int, detail: str) -> None:
         """Answer a request the app will not see, and close."""
-        request_id = uuid.uuid4().hex
+        request_id = logs.new_request_id()
         answers.log_rejected(None, status, detail, request_id, None)
         cors = self._cors(framing.origin(conn.received))
         conn.output = _Output(conn.sock)
@@ -584,12 +624,13 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         now = time.monotonic()
         if now >= self.next_look:
             self.next_look = now + ACCEPT_LOOK
-            queued = set(select.select(self.sockets, [], [], 0)[0])
-            for listener in queued & self.waiting:
-                for _ in range(self.cfg.threads):
-                    if not self.accept(listener):
-                        break
-            self.waiting = queued
+            queued = select.select(self.sockets, [], [], 0)[0]
+            self.waiting = {listener: self.waiting.get(listener, 0) + 1 for listener in queued}
+            for listener, looks in self.waiting.items():
+                if looks >= ACCEPT_LOOKS:
+                    for _ in range(self.cfg.threads):
+                        if not self.accept(listener):
+                            break
         return max(self.next_look - now, 0.0)
 
     # --- the app, with its request id and whether its response has begun -----------------
@@ -615,7 +656,7 @@ class Worker(ThreadWorker):  # type: ignore[misc]
             # The id the app logs and answers with; chosen here so that an abort can
             # answer with it too.
             sent = environ.get("HTTP_X_REQUEST_ID", "")
-            request_id = sent if answers.REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+            request_id = sent if logs.REQUEST_ID.fullmatch(sent) else logs.new_request_id()
             environ["HTTP_X_REQUEST_ID"] = request_id
             environ["wsgi.input"] = _Input(environ["wsgi.input"])
             sock = environ["gunicorn.socket"]
@@ -653,7 +694,7 @@ class Worker(ThreadWorker):  # type: ignore[misc]
         if conn is not None and conn.output is not None and conn.output.written:
             return
         status, detail = answers.describe(exc, self.cfg)
-        request_id = answers.sent_request_id(req) or uuid.uuid4().hex
+        request_id = answers.sent_request_id(req) or logs.new_request_id()
         origin = conn.origin if conn is not None else None
         if conn is not None and conn.preflight and self._cors(origin) and status < 500:
             # A browser sends the request itself only after a 2xx preflight: refusing the

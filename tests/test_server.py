@@ -98,7 +98,8 @@ class Reply:
         return json.loads(self.body)
 
 
-def read_reply(sock: socket.socket) -> Reply:
+def read_reply(sock: socket.socket, *, head_only: bool = False) -> Reply:
+    """One answer; `head_only` for a HEAD's (its Content-Length counts no body)."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -108,7 +109,7 @@ def read_reply(sock: socket.socket) -> Reply:
     head, body = data.split(b"\r\n\r\n", 1)
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
-    length = int(headers.get("content-length", "0"))
+    length = 0 if head_only else int(headers.get("content-length", "0"))
     while len(body) < length:
         chunk = sock.recv(65536)
         if not chunk:
@@ -247,6 +248,35 @@ def test_a_kept_alive_connection_is_closed_after_its_last_request(server: Server
                 assert reply.headers.get("connection", "").lower() != "close", n
         assert reply.headers["connection"].lower() == "close"
         assert sock.recv(1) == b""
+
+
+def test_answers_with_and_without_a_body_follow_each_other_on_one_connection(
+    server: Server,
+) -> None:
+    """A head waits to go out with its body: answers with none (a 304, a HEAD, a 204)
+    still go out whole, each before the next request is read."""
+    user = f"user-{uuid.uuid4().hex}"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request("POST", f"/api/{user}/tasks", user, {"title": "a"}, close=False))
+        created = read_reply(sock)
+        assert created.status == 201
+        path = f"/api/{user}/tasks/{created.json()['id']}"
+        auth = f"Authorization: Bearer {token_for(user)}\r\n"
+        etag = created.headers["etag"]
+        steps = [
+            (f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}If-None-Match: {etag}\r\n\r\n", 304),
+            ("HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+            (f"DELETE {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n", 204),
+            ("GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+        ]
+        for raw, status in steps:
+            sock.sendall(raw.encode())
+            # A head that never came would time out here.
+            reply = read_reply(sock, head_only=raw.startswith("HEAD"))
+            assert reply.status == status, (raw, reply)
+            assert reply.body == b"" or status == 200, (raw, reply)
+        # Nothing stray after the bodyless ones: the last answer parsed whole.
+        assert reply.json() == {"status": "ok"}
 
 
 def test_idle_and_trickling_clients_do_not_hold_up_others(server: Server) -> None:

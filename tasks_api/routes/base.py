@@ -4,6 +4,7 @@ authorization, JSON responses, ETags and If-Match, and a write's outcome as HTTP
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -34,6 +35,31 @@ class JSONBodyParser(FlaskParser):
     bodiless requests). Anything else must be a JSON object sent as JSON.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._defaults: dict[tuple[ma.Schema, str], Any] = {}
+
+    def parse(
+        self, argmap: Any, req: Any = None, *, location: str | None = None, **kwargs: Any
+    ) -> Any:
+        """webargs' parse; but a query string, or headers, with nothing in them for the
+        schema load as what the schema gives for nothing, which is the same each time:
+        kept from the first such request. A list's first page with no filter is most
+        lists; its query string's load was ~10% of its worker time."""
+        if location not in ("query", "headers") or not isinstance(argmap, ma.Schema):
+            return super().parse(argmap, req, location=location, **kwargs)
+        sent = req or request
+        if location == "query":
+            empty = not sent.query_string
+        else:
+            empty = not any(name in sent.headers for name in _names(argmap))
+        if not empty or kwargs.get("validate"):
+            return super().parse(argmap, req, location=location, **kwargs)
+        key = (argmap, location)
+        if key not in self._defaults:
+            self._defaults[key] = super().parse(argmap, req, location=location, **kwargs)
+        return dict(self._defaults[key])
+
     def load_json(self, req: Any, schema: ma.Schema) -> Any:
         body = _whole_body(req)
         if not body:
@@ -47,6 +73,12 @@ class JSONBodyParser(FlaskParser):
         if not isinstance(data, dict):
             raise BadRequest("The body must be a JSON object.")
         return data
+
+
+@functools.cache
+def _names(schema: ma.Schema) -> tuple[str, ...]:
+    """The names a schema reads (its fields' data keys)."""
+    return tuple(field.data_key or name for name, field in schema.load_fields.items())
 
 
 def _whole_body(req: Request) -> bytes:
