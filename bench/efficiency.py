@@ -3,18 +3,20 @@ tasks_api and the bare floor, in one run (`bench/endpoints.py --efficiency` runs
 
     python bench/efficiency.py [--before REV] [--rounds 3] [--seconds 5] [--delay-ms 2]
 
-Three servers, each gunicorn with 2 workers, in an order that turns each round: the floor
-(bench/floor.py: a bare WSGI function whose database writes the JSON, under gunicorn's
-stock threaded worker, 4 threads, a psycopg_pool pool of 4 each), tasks_api at REV (the
-version before the efficiency work, from `git archive`, served from its own tree with its
-own gunicorn.conf.py) and tasks_api as it is here. Each is started (cold start: exec to
-the first 200 from /health, or from a list for the floor), warmed for a second, then
-loaded with wrk (2 threads, 16 connections, bench/tasks.lua) on loopback for GET one,
-list (20) and create: requests per second, and worker CPU per request (the CPU seconds
-of the worker processes over the requests served). After the load, PSS per worker
-(/proc/PID/smaps_rollup: its own pages and its share of those it shares with the master
-and the other worker). Then both versions again, GET one and list with 64 connections,
-on loopback and through bench/delay_proxy.c adding --delay-ms per database round trip.
+Three servers, each gunicorn with 2 workers: the floor (bench/floor.py: a bare WSGI
+function whose database writes the JSON, under gunicorn's stock threaded worker, 4
+threads, a psycopg_pool pool of 4 each), tasks_api at REV (the version before the
+efficiency work, from `git archive`, served from its own tree with its own
+gunicorn.conf.py) and tasks_api as it is here. Each round, in an order that turns:
+each server alone (cold start: exec to the first 200 from /health, or from a list for
+the floor; then PSS per worker, /proc/PID/smaps_rollup, after a second of each load);
+then the three up at once, loaded in turns with wrk (2 threads, 16 connections,
+bench/tasks.lua) on loopback for GET one, list (20) and create: requests per second, and
+worker CPU per request (the CPU seconds of the worker processes over the requests
+served). Turns of seconds, not a server's whole run after another's: the machine's speed
+drifts over minutes. Then both versions again, on loopback and through
+bench/delay_proxy.c adding --delay-ms per database round trip, four servers up at once,
+GET one and list with 64 connections, in turns.
 
 Prints the medians of the rounds and the goals of issue 22: worker CPU per request at
 least 25% below REV's on GET one, list and create; at least 0.75x the floor's throughput
@@ -121,44 +123,99 @@ def measure(options: argparse.Namespace, url: URL, work: Path, targets: Path) ->
         before = checkout(options.before, work / "before")
         proxy = DelayProxy(work, url.port or 5432, options.delay_ms)
         proxied = url.set(port=proxy.port).render_as_string(hide_password=False)
-        roots = {"before": before, "after": ROOT}
+        roots = {"floor": ROOT, "before": before, "after": ROOT}
         results: dict[str, Any] = {}
         for n in range(options.rounds):
             kinds = KINDS[n % 3 :] + KINDS[: n % 3]
-            for kind in kinds:
-                server = Server(
-                    "floor" if kind == "floor" else "app", plain, root=roots.get(kind, ROOT)
-                )
-                try:
-                    add(results, kind, "cold start", server.cold_start)
-                    server.warm(targets)
-                    for mode in LOOPBACK_MODES:
-                        cpu = server.worker_cpu_seconds()
-                        result = wrk(server.port, mode, targets, options.seconds, 16)
-                        cpu = server.worker_cpu_seconds() - cpu
-                        add(results, kind, f"{mode} rps", result["rps"])
-                        add(results, kind, f"{mode} cpu", cpu * 1e6 / result["requests"])
-                        add(results, kind, f"{mode} errors", result["errors"] + result["transport"])
-                    for pss in server.worker_pss_mib():
-                        add(results, kind, "pss", pss)
-                finally:
-                    server.stop()
-            for kind in kinds:
-                if kind == "floor":
-                    continue
-                for path, database in (("loopback", plain), ("network", proxied)):
-                    server = Server("app", database, root=roots[kind])
-                    try:
-                        server.warm(targets)
-                        for mode in NETWORK_MODES:
-                            result = wrk(server.port, mode, targets, options.seconds, 64)
-                            add(results, kind, f"{mode} {path} 64 rps", result["rps"])
-                    finally:
-                        server.stop()
+            alone(kinds, roots, plain, targets, results)
+            loaded(kinds, roots, plain, targets, results, options.seconds)
+            network(kinds, roots, plain, proxied, targets, results, options.seconds)
         report(results, options)
     finally:
         if proxy is not None:
             proxy.stop()
+
+
+def start(kind: str, database: str, root: Path) -> Server:
+    return Server("floor" if kind == "floor" else "app", database, root=root)
+
+
+def alone(
+    kinds: tuple[str, ...], roots: dict[str, Path], database: str, targets: Path, results: Any
+) -> None:
+    """Each server by itself: its cold start, and its PSS per worker after a little of
+    each load (PSS shares a page among every process mapping it: measured beside the
+    other servers, which map the same libraries, it would come out smaller)."""
+    for kind in kinds:
+        server = start(kind, database, roots[kind])
+        try:
+            add(results, kind, "cold start", server.cold_start)
+            server.warm(targets)
+            for mode in LOOPBACK_MODES:
+                wrk(server.port, mode, targets, 1, 16)
+            for pss in server.worker_pss_mib():
+                add(results, kind, "pss", pss)
+        finally:
+            server.stop()
+
+
+def loaded(
+    kinds: tuple[str, ...],
+    roots: dict[str, Path],
+    database: str,
+    targets: Path,
+    results: Any,
+    seconds: int,
+) -> None:
+    """The three servers up at once, idle but for the one under load, which takes turns
+    load by load: compared seconds apart rather than a minute apart, as the machine's
+    speed drifts in minutes."""
+    servers = {kind: start(kind, database, roots[kind]) for kind in kinds}
+    try:
+        for server in servers.values():
+            server.warm(targets)
+        for mode in LOOPBACK_MODES:
+            for kind in kinds:
+                server = servers[kind]
+                cpu = server.worker_cpu_seconds()
+                result = wrk(server.port, mode, targets, seconds, 16)
+                cpu = server.worker_cpu_seconds() - cpu
+                add(results, kind, f"{mode} rps", result["rps"])
+                add(results, kind, f"{mode} cpu", cpu * 1e6 / result["requests"])
+                add(results, kind, f"{mode} errors", result["errors"] + result["transport"])
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def network(
+    kinds: tuple[str, ...],
+    roots: dict[str, Path],
+    plain: str,
+    proxied: str,
+    targets: Path,
+    results: Any,
+    seconds: int,
+) -> None:
+    """Both versions on loopback and through the delay proxy, four servers up at once,
+    taking turns, with 64 connections."""
+    paths = (("loopback", plain), ("network", proxied))
+    servers = {
+        (kind, path): start(kind, database, roots[kind])
+        for kind in kinds
+        if kind != "floor"
+        for path, database in paths
+    }
+    try:
+        for server in servers.values():
+            server.warm(targets)
+        for mode in NETWORK_MODES:
+            for (kind, path), server in servers.items():
+                result = wrk(server.port, mode, targets, seconds, 64)
+                add(results, kind, f"{mode} {path} 64 rps", result["rps"])
+    finally:
+        for server in servers.values():
+            server.stop()
 
 
 def profile(options: argparse.Namespace) -> None:
