@@ -319,8 +319,8 @@ def report(results: dict[str, Any], options: argparse.Namespace) -> None:
     ).stdout.strip()
     print(
         f"\n{platform.node()}: {os.cpu_count()} CPUs, python {platform.python_version()},"
-        f" {time.strftime('%Y-%m-%d')}; medians of {options.rounds} rounds, the three"
-        f" servers alternating; wrk -t2 -d{options.seconds}s; before = {revision}\n"
+        f" {time.strftime('%Y-%m-%d')}; medians of {options.rounds} rounds, the servers"
+        f" loaded in turns; wrk -t2 -d{options.seconds}s; before = {revision}\n"
     )
     print("| loopback, 16 connections | floor | before | after |")
     print("|---|---|---|---|")
