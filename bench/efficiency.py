@@ -170,22 +170,16 @@ def loaded(
     """The three servers up at once, idle but for the one under load, which takes turns
     load by load: compared seconds apart rather than a minute apart, as the machine's
     speed drifts in minutes."""
-    servers = {kind: start(kind, database, roots[kind]) for kind in kinds}
-    try:
-        for server in servers.values():
-            server.warm(targets)
+    specs = {kind: (kind, database, roots[kind]) for kind in kinds}
+    with up_at_once(specs, targets) as servers:
         for mode in LOOPBACK_MODES:
-            for kind in kinds:
-                server = servers[kind]
+            for kind, server in servers.items():
                 cpu = server.worker_cpu_seconds()
                 result = wrk(server.port, mode, targets, seconds, 16)
                 cpu = server.worker_cpu_seconds() - cpu
                 add(results, kind, f"{mode} rps", result["rps"])
                 add(results, kind, f"{mode} cpu", cpu * 1e6 / result["requests"])
                 add(results, kind, f"{mode} errors", result["errors"] + result["transport"])
-    finally:
-        for server in servers.values():
-            server.stop()
 
 
 def network(
@@ -200,19 +194,31 @@ def network(
     """Both versions on loopback and through the delay proxy, four servers up at once,
     taking turns, with 64 connections."""
     paths = (("loopback", plain), ("network", proxied))
-    servers = {
-        (kind, path): start(kind, database, roots[kind])
+    specs = {
+        (kind, path): (kind, database, roots[kind])
         for kind in kinds
         if kind != "floor"
         for path, database in paths
     }
-    try:
-        for server in servers.values():
-            server.warm(targets)
+    with up_at_once(specs, targets) as servers:
         for mode in NETWORK_MODES:
             for (kind, path), server in servers.items():
                 result = wrk(server.port, mode, targets, seconds, 64)
                 add(results, kind, f"{mode} {path} 64 rps", result["rps"])
+
+
+@contextlib.contextmanager
+def up_at_once(
+    specs: dict[Any, tuple[str, str, Path]], targets: Path
+) -> Iterator[dict[Any, Server]]:
+    """A server per spec (kind, database, root), each warmed; all stopped after."""
+    servers: dict[Any, Server] = {}
+    try:
+        for key, spec in specs.items():
+            servers[key] = start(*spec)
+        for server in servers.values():
+            server.warm(targets)
+        yield servers
     finally:
         for server in servers.values():
             server.stop()
