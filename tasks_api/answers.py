@@ -14,17 +14,15 @@ from typing import Any
 from gunicorn.http import errors as http_errors
 from werkzeug.exceptions import RequestTimeout
 
-from . import CORS_ALLOW_HEADERS
+from . import API_CSP, CORS_ALLOW_HEADERS
 from .logs import REQUEST_ID
 
 log = logging.getLogger("tasks_api.request")
 
 # RFC 9110's names where Python's HTTPStatus still has older ones.
 _TITLES = {413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"}
-SECURITY_HEADERS = (
-    "X-Content-Type-Options: nosniff\r\n"
-    "Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"
-)
+# The app's own (tasks_api._security_headers), for answers it never sees.
+SECURITY_HEADERS = f"X-Content-Type-Options: nosniff\r\nContent-Security-Policy: {API_CSP}\r\n"
 
 # gunicorn's exceptions, by what the client did wrong.
 _REQUEST_LINE = (

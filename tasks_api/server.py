@@ -348,18 +348,22 @@ class Worker(ThreadWorker):  # type: ignore[misc]
     def on_client_socket_readable(self, conn: Connection, client: socket.socket) -> None:
         """A kept-alive connection speaks again: read its next request."""
         self.keepalived_conns.remove(conn)
-        conn.timeout = time.monotonic() + READ_TIMEOUT
-        self.pending_conns.append(conn)
-        # The same event: only the callback changes, with no system call.
-        self.poller.modify(client, selectors.EVENT_READ, partial(self._read_request, conn))
+        self._await_request(conn, registered=True)
         self._read_request(conn, client)
 
-    def _await_request(self, conn: Connection) -> None:
-        conn.sock.setblocking(False)
+    def _await_request(self, conn: Connection, *, registered: bool = False) -> None:
+        """Wait for a request on the connection; `registered`: it is in the poller already
+        (a kept-alive one), with the same event, so only its callback changes, with no
+        system call."""
         # The deque stays sorted by timeout: every entry gets the same delay.
         conn.timeout = time.monotonic() + READ_TIMEOUT
         self.pending_conns.append(conn)
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read_request, conn))
+        read = partial(self._read_request, conn)
+        if registered:
+            self.poller.modify(conn.sock, selectors.EVENT_READ, read)
+        else:
+            conn.sock.setblocking(False)
+            self.poller.register(conn.sock, selectors.EVENT_READ, read)
 
     def _stop_awaiting(self, conn: Connection) -> None:
         self.poller.unregister(conn.sock)
