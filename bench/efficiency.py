@@ -4,12 +4,14 @@ tasks_api and the bare floor, in one run (`bench/endpoints.py --efficiency` runs
     python bench/efficiency.py [--before REV] [--rounds 3] [--seconds 5] [--delay-ms 2]
 
 Three servers, each gunicorn with 2 workers: the floor (bench/floor.py: a bare WSGI
-function whose database writes the JSON, under gunicorn's stock threaded worker, 4
-threads, a psycopg_pool pool of 4 each), tasks_api at REV (the version before the
+function whose database writes the JSON, under gunicorn's stock threaded worker and
+settings, 4 threads, a psycopg_pool pool of 4 each), tasks_api at REV (the version before the
 efficiency work, from `git archive`, served from its own tree with its own
 gunicorn.conf.py) and tasks_api as it is here. Each round, in an order that turns:
 each server alone (cold start: exec to the first 200 from /health, or from a list for
-the floor; then PSS per worker, /proc/PID/smaps_rollup, after a second of each load);
+the floor, beside the time a bare `python -c` takes to import the stack tasks_api is
+built on, gunicorn to PyJWT, its lower bound; then PSS per worker,
+/proc/PID/smaps_rollup, after a second of each load);
 then the three up at once, loaded in turns with wrk (2 threads, 16 connections,
 bench/tasks.lua) on loopback for GET one, list (20) and create: requests per second, and
 worker CPU per request (the CPU seconds of the worker processes over the requests
@@ -70,6 +72,12 @@ BEFORE = "0dbd73bae974eb10fe1087861c025e7f7fbd1f85"
 LOOPBACK_MODES = ("get", "list", "create")
 NETWORK_MODES = ("get", "list")
 KINDS = ("floor", "before", "after")
+# What any app on the project's fixed stack imports before it can answer: a cold start's
+# lower bound for tasks_api (the floor imports only gunicorn and psycopg).
+STACK_IMPORTS = (
+    "import gunicorn.arbiter, gunicorn.workers.gthread, flask, flask_smorest, flask_cors,"
+    " marshmallow, sqlalchemy.orm, psycopg, jwt, dotenv"
+)
 
 
 def main() -> None:
@@ -146,6 +154,9 @@ def alone(
     """Each server by itself: its cold start, and its PSS per worker after a little of
     each load (PSS shares a page among every process mapping it: measured beside the
     other servers, which map the same libraries, it would come out smaller)."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", STACK_IMPORTS], cwd=ROOT, check=True)
+    add(results, "stack", "imports", time.perf_counter() - started)
     for kind in kinds:
         server = start(kind, database, roots[kind])
         try:
@@ -341,6 +352,7 @@ def report(results: dict[str, Any], options: argparse.Namespace) -> None:
         + " |"
     )
     print("| cold start (s) | " + " | ".join(f"{med(k, 'cold start'):.2f}" for k in KINDS) + " |")
+    print(f"| the stack's imports alone (s) | | {med('stack', 'imports'):.2f} | |")
     errors = {k: sum(sum(results[k][f"{m} errors"]) for m in LOOPBACK_MODES) for k in KINDS}
     if any(errors.values()):
         print(f"non-2xx or transport errors: {errors}")

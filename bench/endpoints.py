@@ -226,6 +226,11 @@ class Server:
             ]
         if kind != "floor":
             command[1:1] = worker if worker is not None else ([] if kind == "app" else SAME_WORKER)
+        if kind != "app":
+            # gunicorn reads ./gunicorn.conf.py when no config is named: the baselines
+            # would run the app's start-up hooks (importing tasks_api into their master,
+            # checking its database) and its settings. An empty config instead.
+            command[1:1] = ["--config", os.devnull]
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, "-m", *command],
