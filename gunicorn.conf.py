@@ -9,7 +9,13 @@ folder.
 import gc
 import os
 
-from tasks_api.config import ConfigError, ServerSettings
+# The master imports and builds the app (preload_app) with the collector off, as
+# Python's docs on gc.freeze() advise for a process that forks: the app's objects live
+# as long as the process, and collections would only walk them, more each time.
+# pre_fork() turns it back on. (tasks_api/__init__.py does the same for its imports.)
+gc.disable()
+
+from tasks_api.config import ConfigError, ServerSettings  # noqa: E402
 
 try:
     # `.env` too, as the app reads it: PORT and WEB_CONCURRENCY written there count here.
@@ -77,5 +83,7 @@ def on_starting(server: object) -> None:
 def pre_fork(server: object, worker: object) -> None:
     """Move the preloaded app's objects out of the collector's reach: a collection in a
     worker would otherwise write to every page they share with the master (Python's
-    docs, gc.freeze)."""
+    docs, gc.freeze). Then collect again, in the master and in the worker it forks, over
+    what each allocates from here on."""
     gc.freeze()
+    gc.enable()

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+
+# No garbage collection while the stack below is imported: its objects all live as long
+# as the process, and each collection would only walk them again, more of them each time
+# (the import is most of a cold start, and takes ~15% less CPU so). The collector is left
+# as it was found.
+_collecting = gc.isenabled()
+gc.disable()
+
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -17,6 +26,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import auth, cli, db, errors, logs, pages, routes, sync
 from .config import ConfigError, Settings, instance_secret
 from .schemas.fields import ProblemSchema
+
+if _collecting:
+    gc.enable()
 
 __version__ = "1.0.0"
 

@@ -175,6 +175,45 @@ def test_gunicorn_refuses_to_start_without_auth_and_says_what_to_set() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_the_collector_is_off_only_while_the_app_loads() -> None:
+    """Importing the package leaves the garbage collector as it found it; gunicorn's
+    master builds the app with it off and turns it on before each fork, so workers
+    collect (a worker without it would keep every reference cycle it ever made)."""
+    script = (
+        "import gc, runpy\n"
+        "gc.disable()\n"
+        "import tasks_api\n"
+        "kept_off = not gc.isenabled()\n"
+        "gc.enable()\n"
+        "conf = runpy.run_path('gunicorn.conf.py')\n"
+        "off_in_master = not gc.isenabled()\n"
+        "conf['pre_fork'](None, None)\n"
+        "print(kept_off, off_in_master, gc.isenabled(), gc.get_freeze_count() > 0)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PORT", "WEB_CONCURRENCY")}
+    fresh = subprocess.run(
+        [sys.executable, "-c", "import gc, tasks_api; print(gc.isenabled())"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    forked = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    assert fresh.stdout.split() == ["True"]
+    assert forked.stdout.split() == ["True", "True", "True", "True"]
+
+
 def test_bad_url_message_does_not_echo_the_password() -> None:
     with pytest.raises(ConfigError) as error:
         Settings.from_env({"DATABASE_URL": "mysql://user:s3cr3t@host/db"})
