@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tasks_api.repository import lists, tasks
+from tasks_api.repository import changing, deleting, lists, shortcuts
 from tests.support import assert_problem
 
 
@@ -110,7 +110,13 @@ def test_if_match_is_one_statement_whatever_its_number_of_tags(
             ', "1"' if current else ', "9"'
         )
 
-    statements = [tasks._change, tasks._delete, tasks._plain_update, lists._change, lists._delete]
+    statements = [
+        changing._change,
+        deleting._delete,
+        shortcuts._plain_update,
+        lists._change,
+        lists._delete,
+    ]
     before = sum(cached.cache_info().currsize for cached in statements)
     for count in (2, 3, 7, 40, 63):
         response = client.open(

@@ -19,22 +19,48 @@ from sqlalchemy.sql.selectable import Alias, Join, Select
 
 from tasks_api.db import Query
 from tasks_api.models import TASKS, Base
-from tasks_api.repository import bulk, changes, keys, listing, lists, tasks, writes
-from tasks_api.repository.tasks import Place
+from tasks_api.repository import (
+    bulk,
+    changes,
+    changing,
+    creating,
+    deleting,
+    keys,
+    listing,
+    lists,
+    placing,
+    shortcuts,
+    tasks,
+    writes,
+)
+from tasks_api.repository.placing import Place
 
 DIALECTS = {
     "postgresql": postgresql.psycopg.dialect(),  # type: ignore[no-untyped-call]
     "sqlite": sqlite.dialect(),
 }
-MODULES = (tasks, listing, lists, keys, changes, writes, bulk)
+MODULES = (
+    tasks,
+    placing,
+    creating,
+    changing,
+    deleting,
+    shortcuts,
+    listing,
+    lists,
+    keys,
+    changes,
+    writes,
+    bulk,
+)
 # The statement factories below enumerate; a new one must be added here to be checked.
 FACTORIES = {
     "listing.list_query",
-    "tasks._create",
-    "tasks._change",
-    "tasks._delete",
-    "tasks._plain_update",
-    "tasks._inbox_create",
+    "creating._create",
+    "changing._change",
+    "deleting._delete",
+    "shortcuts._plain_update",
+    "shortcuts._inbox_create",
     "lists._change",
     "lists._delete",
     "keys._claim_query",
@@ -47,7 +73,7 @@ FACTORIES = {
 MAINTENANCE = {"keys._PURGE", "changes._PURGES"}
 USER_TABLES = {table.name for table in Base.metadata.tables.values()}
 WRITE_FIELDS = ("title", "description", "status", "priority", "due_date", "tags")
-ORDERS: tuple[tasks.Order, ...] = ("keep", "last", "first", "after", "before")
+ORDERS: tuple[placing.Order, ...] = ("keep", "last", "first", "after", "before")
 
 
 def statements() -> Iterator[tuple[str, Any, list[str]]]:
@@ -88,11 +114,11 @@ def statements() -> Iterator[tuple[str, Any, list[str]]]:
                 query = listing.list_query(dialect, sort, variant)
                 yield f"list {sort} {variant}", query.statement, [dialect]
         yield f"claim {dialect}", keys._claim_query(dialect).statement, [dialect]
-        yield f"inbox create {dialect}", tasks._inbox_create(dialect).statement, [dialect]
+        yield f"inbox create {dialect}", shortcuts._inbox_create(dialect).statement, [dialect]
         for if_match in (False, True):
-            for size in (1, 2, len(tasks.PLAIN)):
-                for fields in itertools.combinations(sorted(tasks.PLAIN), size):
-                    query = tasks._plain_update(dialect, fields, if_match)
+            for size in (1, 2, len(shortcuts.PLAIN)):
+                for fields in itertools.combinations(sorted(shortcuts.PLAIN), size):
+                    query = shortcuts._plain_update(dialect, fields, if_match)
                     yield f"plain {fields} {if_match} {dialect}", query.statement, [dialect]
         for resource in keys.RESOURCES:
             yield f"record {resource}", keys._record(dialect, resource).statement, [dialect]
@@ -104,19 +130,19 @@ def statements() -> Iterator[tuple[str, Any, list[str]]]:
     ]
     for place in places:
         if place.order == "keep":
-            yield from written(f"create {place}", tasks._create(place))
-        yield from written(f"move {place}", tasks._change((), False, False, place))
+            yield from written(f"create {place}", creating._create(place))
+        yield from written(f"move {place}", changing._change((), False, False, place))
     # If-Match adds a condition on the task's version, no table.
-    yield from written("move if-match", tasks._change((), False, True, places[-1]))
+    yield from written("move if-match", changing._change((), False, True, places[-1]))
     for size in (1, 2, len(WRITE_FIELDS)):
         for fields in itertools.combinations(WRITE_FIELDS, size):
             names = {*fields, *(["completed"] if "status" in fields else [])}
-            change = tasks._change(tuple(sorted(names)), False, False, Place())
+            change = changing._change(tuple(sorted(names)), False, False, Place())
             yield from written(f"update {sorted(names)}", change)
     yield from bulk_writes()
     for if_match in (False, True):
-        yield from written(f"toggle {if_match}", tasks._change((), True, if_match, Place()))
-        yield from written(f"delete task {if_match}", tasks._delete(if_match))
+        yield from written(f"toggle {if_match}", changing._change((), True, if_match, Place()))
+        yield from written(f"delete task {if_match}", deleting._delete(if_match))
         yield from written(f"delete list {if_match}", lists._delete(if_match))
         for order in (None, "last", "first", "after", "before"):
             yield from written(f"list {order} {if_match}", lists._change(if_match, order))

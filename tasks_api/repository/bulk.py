@@ -1,8 +1,8 @@
 """One action on up to 100 tasks, in one statement (API.md, "Many at once").
 
-The plan is a change's or a delete's plan (tasks_api/repository/tasks.py) with a row per
-task asked for, and the steps are theirs, reading every row. What makes many rows one
-write rather than many:
+The plan is a change's or a delete's plan (tasks_api/repository/changing.py, deleting.py)
+with a row per task asked for, and the steps are theirs, reading every row. What makes
+many rows one write rather than many:
 
 - Change positions: each row gets its own `base`, the counter plus what the rows before
   it may take (the task, its subtasks, a parent it reopens), so no two changes share one
@@ -59,18 +59,9 @@ from sqlalchemy.sql.dml import UpdateBase
 from ..db import Query, pipeline
 from ..models import LISTS, POSITIONS, TASKS, TOMBSTONES
 from . import keys
-from .tasks import (
-    MAX_SUBTASKS,
-    Many,
-    Place,
-    below_step,
-    change_plan,
-    changed_step,
-    count_subtasks,
-    open_count,
-    reopened_step,
-    written_values,
-)
+from .changing import Many, below_step, change_plan, changed_step, reopened_step, written_values
+from .placing import Place
+from .tasks import MAX_SUBTASKS, count_subtasks, open_count
 from .writes import LOCK, OK, Row, Write, now, owner, stage, timestamp
 
 Action = Literal["complete", "reopen", "delete", "move", "update"]

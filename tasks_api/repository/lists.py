@@ -1,7 +1,8 @@
 """Every SQL statement about lists: their pages, reading one, and the writes.
 
-A list's `open_tasks` is a column the task writes keep (tasks_api/repository/tasks.py),
-so reading lists never counts tasks. Writes follow tasks_api/repository/writes.py.
+A list's `open_tasks` is a column the task writes keep (tasks_api/repository/creating.py,
+changing.py, deleting.py), so reading lists never counts tasks. Writes follow
+tasks_api/repository/writes.py.
 """
 
 from __future__ import annotations

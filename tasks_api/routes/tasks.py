@@ -11,8 +11,8 @@ from flask import Response, url_for
 from flask.views import MethodView
 
 from .. import db, errors, pages
-from ..repository import bulk, keys, listing
-from ..repository import tasks as repository
+from ..repository import bulk, changing, creating, deleting, keys, listing, placing
+from ..repository.tasks import get_task
 from ..repository.writes import OK, Outcome, Row
 from ..schemas.bulk import BulkResultsSchema, BulkSchema, expected_version
 from ..schemas.fields import IdempotencyHeadersSchema
@@ -143,11 +143,11 @@ class Tasks(MethodView):
         nothing; the same key with another body is a 422, and a repeat while the first is
         still running is a 409. Past a limit (100,000 tasks, 200 subtasks): 409.
         """
-        task = repository.new_task(user_id=user_id, **fields)
+        task = creating.new_task(user_id=user_id, **fields)
         conn = db.connection()
         key = headers.get("idempotency_key")
         if key is None:
-            outcome = repository.create_task(conn, task)
+            outcome = creating.create_task(conn, task)
             if outcome.verdict != OK:
                 refuse(outcome, "task")
             return _response(outcome.rows[0], 201)
@@ -157,7 +157,7 @@ class Tasks(MethodView):
             key=key,
             request_hash=fingerprint(fields),
             created=task["id"],
-            create=lambda then: repository.create_task(conn, task, then=then),
+            create=lambda then: creating.create_task(conn, task, then=then),
             respond=lambda row: _response(row, 201),
         )
 
@@ -173,9 +173,7 @@ class TaskById(MethodView):
 
         With `If-None-Match` naming the current version, answers 304 with no body.
         """
-        task = db.read(
-            lambda conn: repository.get_task(conn, user_id=user_id, task_id=task_id, encoded=True)
-        )
+        task = db.read(lambda conn: get_task(conn, user_id=user_id, task_id=task_id, encoded=True))
         if task is None:
             errors.not_found("task")
         return not_modified(task) or _response(task)
@@ -191,7 +189,7 @@ class TaskById(MethodView):
         only if the task is still at that version (else 412, nothing changed).
         """
         return _written(
-            repository.update_task(
+            changing.update_task(
                 db.connection(),
                 user_id=user_id,
                 task_id=task_id,
@@ -207,7 +205,7 @@ class TaskById(MethodView):
 
         With `If-Match`, only if the task is still at that version (else 412).
         """
-        outcome = repository.delete_task(
+        outcome = deleting.delete_task(
             db.connection(), user_id=user_id, task_id=task_id, versions=if_match()
         )
         if outcome.verdict != OK:
@@ -233,7 +231,7 @@ class TaskCompletion(MethodView):
         task. With `If-Match`, only if the task is still at that version (else 412).
         """
         return _written(
-            repository.set_completed(
+            changing.set_completed(
                 db.connection(),
                 user_id=user_id,
                 task_id=task_id,
@@ -259,13 +257,13 @@ class TaskMove(MethodView):
         the task already is changes nothing. With `If-Match`, only if the task is still
         at that version (else 412).
         """
-        order: repository.Order = "last"
+        order: placing.Order = "last"
         if "after" in body:
             order = "after" if body["after"] is not None else "first"
         elif "before" in body:
             order = "before"
         return _written(
-            repository.move_task(
+            changing.move_task(
                 db.connection(),
                 user_id=user_id,
                 task_id=task_id,
