@@ -246,8 +246,8 @@ def keyed(around: FromClause, old: Any, order: Order) -> tuple[CTE, ColumnElemen
     else:
         chosen = position_between(around.c.low, around.c.high)
     key = case((around.c.stays, old), else_=chosen)
-    keyed = stage(select(*around.c, key.label("key")), "keyed")
-    return keyed, and_(~keyed.c.stays, keyed.c.key.is_(None))
+    with_key = stage(select(*around.c, key.label("key")), "keyed")
+    return with_key, and_(~with_key.c.stays, with_key.c.key.is_(None))
 
 
 def respaced_step(plan: FromClause, *, task: Any, first: Any) -> UpdateBase:
