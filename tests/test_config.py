@@ -191,27 +191,20 @@ def test_the_collector_is_off_only_while_the_app_loads() -> None:
         "print(kept_off, off_in_master, gc.isenabled(), gc.get_freeze_count() > 0)\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PORT", "WEB_CONCURRENCY")}
-    fresh = subprocess.run(
-        [sys.executable, "-c", "import gc, tasks_api; print(gc.isenabled())"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    forked = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
 
-    assert fresh.stdout.split() == ["True"]
-    assert forked.stdout.split() == ["True", "True", "True", "True"]
+    def printed(code: str) -> list[str]:
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.split()
+
+    assert printed("import gc, tasks_api; print(gc.isenabled())") == ["True"]
+    assert printed(script) == ["True", "True", "True", "True"]
 
 
 def test_bad_url_message_does_not_echo_the_password() -> None:
