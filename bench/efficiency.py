@@ -16,9 +16,10 @@ then the three up at once, loaded in turns with wrk (2 threads, 16 connections,
 bench/tasks.lua) on loopback for GET one, list (20) and create: requests per second, and
 worker CPU per request (the CPU seconds of the worker processes over the requests
 served). Turns of seconds, not a server's whole run after another's: the machine's speed
-drifts over minutes. Then both versions again, on loopback and through
-bench/delay_proxy.c adding --delay-ms per database round trip, four servers up at once,
-GET one and list with 64 connections, in turns.
+drifts over minutes. Then the three again, on loopback and through
+bench/delay_proxy.c adding --delay-ms per database round trip, six servers up at once,
+GET one and list with 64 connections, in turns; with the proxy's own CPU per request
+(it runs on the same cores), and the floor's ratio as what the machine allows.
 
 Prints the medians of the rounds and the goals of issue 22: worker CPU per request at
 least 25% below REV's on GET one, list and create; at least 0.75x the floor's throughput
@@ -138,7 +139,7 @@ def measure(options: argparse.Namespace, url: URL, work: Path, targets: Path) ->
             kinds = KINDS[n % 3 :] + KINDS[: n % 3]
             alone(kinds, roots, plain, targets, results)
             loaded(kinds, roots, plain, targets, results, options.seconds)
-            network(kinds, roots, plain, proxied, targets, results, options.seconds)
+            network(kinds, roots, plain, proxied, proxy, targets, results, options.seconds)
         report(results, options)
     finally:
         if proxy is not None:
@@ -199,24 +200,27 @@ def network(
     roots: dict[str, Path],
     plain: str,
     proxied: str,
+    proxy: DelayProxy,
     targets: Path,
     results: Any,
     seconds: int,
 ) -> None:
-    """Both versions on loopback and through the delay proxy, four servers up at once,
-    taking turns, with 64 connections."""
+    """The three servers on loopback and through the delay proxy, six up at once,
+    taking turns, with 64 connections. The floor's own ratio is what the machine gives:
+    the proxy runs on the same two cores, and its CPU per request is counted too."""
     paths = (("loopback", plain), ("network", proxied))
     specs = {
-        (kind, path): (kind, database, roots[kind])
-        for kind in kinds
-        if kind != "floor"
-        for path, database in paths
+        (kind, path): (kind, database, roots[kind]) for kind in kinds for path, database in paths
     }
     with up_at_once(specs, targets) as servers:
         for mode in NETWORK_MODES:
             for (kind, path), server in servers.items():
+                cpu = proxy.cpu_seconds()
                 result = wrk(server.port, mode, targets, seconds, 64)
                 add(results, kind, f"{mode} {path} 64 rps", result["rps"])
+                if path == "network":
+                    cpu = proxy.cpu_seconds() - cpu
+                    add(results, kind, f"{mode} proxy cpu", cpu * 1e6 / result["requests"])
 
 
 @contextlib.contextmanager
@@ -360,17 +364,17 @@ def report(results: dict[str, Any], options: argparse.Namespace) -> None:
 
     delay = f"{options.delay_ms:g} ms"
     print(
-        f"\n| 64 connections, req/s | before: loopback | before: {delay} "
-        f"| after: loopback | after: {delay} |"
+        f"\n| 64 connections, req/s | loopback | {delay} | {delay} / loopback "
+        "| the proxy's CPU per request |"
     )
     print("|---|---|---|---|---|")
     for mode in NETWORK_MODES:
-        cells = [
-            f"{med(k, f'{mode} {path} 64 rps'):.0f}"
-            for k in ("before", "after")
-            for path in ("loopback", "network")
-        ]
-        print(f"| {mode} | " + " | ".join(cells) + " |")
+        for k in KINDS:
+            near, far = (med(k, f"{mode} {path} 64 rps") for path in ("loopback", "network"))
+            print(
+                f"| {mode}, {k} | {near:.0f} | {far:.0f} | {far / near:.2f}x "
+                f"| {med(k, f'{mode} proxy cpu'):.0f} us |"
+            )
 
     print("\n| goal | GET one | list (20) | create | met |")
     print("|---|---|---|---|---|")
@@ -390,6 +394,11 @@ def report(results: dict[str, Any], options: argparse.Namespace) -> None:
     row(f"{delay} 64: throughput / same build on loopback 64 (>= 0.85x)", net, min(net) >= 0.85)
     was = [med("before", f"{m} rps") / med("floor", f"{m} rps") for m in NETWORK_MODES]
     row("(before) loopback 16: throughput / floor", was, True)
+    ceiling = [
+        med("floor", f"{m} network 64 rps") / med("floor", f"{m} loopback 64 rps")
+        for m in NETWORK_MODES
+    ]
+    row(f"(floor) {delay} 64: throughput / the floor on loopback 64", ceiling, True)
     pss = max(results["after"]["pss"])
     print(
         f"| PSS per worker, largest (<= 40 MiB) | {pss:.1f} MiB | | "
