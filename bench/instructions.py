@@ -2,7 +2,7 @@
 a busy machine as on an idle one, where worker CPU seconds (bench/efficiency.py) move by
 a quarter from run to run.
 
-    python bench/instructions.py [--before REV] [--requests 1000]   # ~10 min; needs valgrind
+    python bench/instructions.py [--before REV] [--requests 1000]   # ~11 min; needs valgrind
 
 The worker as served: each of the floor (bench/floor.py under gunicorn's stock threaded
 worker), tasks_api at REV (from `git archive`, with its own gunicorn.conf.py) and this
