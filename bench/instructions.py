@@ -2,10 +2,11 @@
 a busy machine as on an idle one, where worker CPU seconds (bench/efficiency.py) move by
 a quarter from run to run.
 
-    python bench/instructions.py [--before REV] [--requests 1000]   # ~11 min; needs valgrind
+    python bench/instructions.py [--before REV] [--requests 1000]   # ~8-11 min; needs valgrind
 
 The worker as served: each of the floor (bench/floor.py under gunicorn's stock threaded
-worker), tasks_api at REV (from `git archive`, with its own gunicorn.conf.py) and this
+worker), the floor's requests in plain Flask (bench/flask_floor.py, the same worker: what
+Flask alone adds), tasks_api at REV (from `git archive`, with its own gunicorn.conf.py) and this
 tree runs under `valgrind --tool=callgrind` with one worker, against its own scratch
 PostgreSQL database, and serves GET one, list (20, the user's whole list) or create on
 one kept-alive connection. Each runs twice, with no measured requests and with
@@ -49,6 +50,8 @@ from efficiency import BEFORE, checkout  # noqa: E402
 from endpoints import ADMIN_URL, free_port  # noqa: E402
 
 MODES = ("get", "list", "create")
+# Served under gunicorn's stock threaded worker, with an empty config.
+FLOORS = {"floor": "bench.floor:app", "flask": "bench.flask_floor:app"}
 SECRET = "instructions-benchmark-secret-0123456789"
 # Run with the version's tree as the working directory, so `tasks_api` is that version.
 IN_PROCESS = """
@@ -88,7 +91,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tasks_api_bench_instructions_"))
     trees = {"before": checkout(options.before, work / "before"), "now": ROOT}
     if not options.in_process:
-        trees = {"floor": ROOT, **trees}
+        trees = {"floor": ROOT, "flask": ROOT, **trees}
     count = count_in_process if options.in_process else count_served
     try:
         urls = {kind: scratch(kind, tree) for kind, tree in trees.items()}
@@ -160,12 +163,12 @@ def count_served(valgrind: str, kind: str, tree: Path, url: str, mode: str, n: i
     port = free_port()
     with tempfile.TemporaryDirectory() as out:
         env = environment(url) | {"PORT": str(port), "WEB_CONCURRENCY": "1"}
-        if kind == "floor":
+        if kind in FLOORS:
             env["FLOOR_DATABASE_URL"] = (
                 make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
             )
             server = ["--config", os.devnull, "--workers", "1", "--bind", f"127.0.0.1:{port}"]
-            server += ["--worker-class", "gthread", "--threads", "4", "bench.floor:app"]
+            server += ["--worker-class", "gthread", "--threads", "4", FLOORS[kind]]
         else:
             server = ["--config", "gunicorn.conf.py", "wsgi:app"]
         # The command line outdoes the config file: a worker 50x slower is not a hung one.
@@ -197,7 +200,7 @@ def count_served(valgrind: str, kind: str, tree: Path, url: str, mode: str, n: i
 def serve(port: int, kind: str, mode: str, n: int) -> None:
     """Wait for the server, then 20 tasks, 50 requests of warm-up and `n` more, on one
     kept-alive connection."""
-    ready = "/health" if kind != "floor" else "/api/x/tasks"
+    ready = "/api/x/tasks" if kind in FLOORS else "/health"
     deadline = time.monotonic() + 600
     while True:
         try:
@@ -247,16 +250,21 @@ def report(
     ).stdout.strip()
     what = "the app in-process" if options.in_process else "the worker, served"
     print(f"\ninstructions per request, {what}, {n} requests; before = {revision}\n")
-    columns = ["request", *kinds, "now / before", *(["now / floor"] if "floor" in kinds else [])]
+    served = "floor" in kinds
+    columns = ["request", *kinds, "now / before"]
+    columns += ["flask / floor", "now / floor"] if served else []
     print("| " + " | ".join(columns) + " |")
     print("|---" * len(columns) + "|")
     for mode in MODES:
         per = {k: (totals[k, mode, n] - totals[k, mode, 0]) / n for k in kinds}
         cells = [f"{per[k] / 1e6:.3f} M" for k in kinds]
         cells.append(f"{per['now'] / per['before'] - 1:+.0%}")
-        if "floor" in kinds:
-            cells.append(f"{per['now'] / per['floor']:.2f}x")
+        if served:
+            cells += [f"{per['flask'] / per['floor']:.2f}x", f"{per['now'] / per['floor']:.2f}x"]
         print(f"| {mode} | " + " | ".join(cells) + " |")
+    if served:
+        # Where CPU bounds throughput, 0.75x the floor's means at most 1/0.75 its CPU.
+        print("\n0.75x the floor's throughput allows at most 1.33x its instructions.")
 
 
 if __name__ == "__main__":
