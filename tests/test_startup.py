@@ -1,11 +1,15 @@
 """Starting against a database that refuses the service: the web process and the release
 step stop with one line saying what to fix, so a platform keeps the previous release;
 a database that is only unreachable lets the service start and answer 503 until it is
-back. And the server's own settings, malformed, are one line naming the variable."""
+back. The server's own settings, malformed, are one line naming the variable. And the
+build step docs/deployment.md gives leaves a start nothing of the app's to compile."""
 
 from __future__ import annotations
 
 import http.client
+import re
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -160,3 +164,40 @@ def test_a_malformed_server_setting_is_one_line_naming_it(
 
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [f"tasks_api: {message}"], result.stderr
+
+
+# Imports the app as the web process does, and prints the app's files Python compiled.
+COMPILED_AT_START = """
+import importlib.machinery, sys
+compiled = []
+source_to_code = importlib.machinery.SourceFileLoader.source_to_code
+def counted(self, data, path, *args, **kwargs):
+    compiled.append(path)
+    return source_to_code(self, data, path, *args, **kwargs)
+importlib.machinery.SourceFileLoader.source_to_code = counted
+import wsgi, tasks_api.server
+print(sum(path.startswith(sys.argv[1]) for path in compiled))
+"""
+
+
+def test_the_documented_build_step_leaves_a_start_nothing_to_compile(tmp_path: Path) -> None:
+    deployment = (ROOT / "docs" / "deployment.md").read_text()
+    (command,) = re.findall(r"^python -m compileall .*$", deployment, re.M)
+    tree = tmp_path / "build"
+    shutil.copytree(
+        ROOT / "tasks_api", tree / "tasks_api", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("wsgi.py", "gunicorn.conf.py"):
+        shutil.copy2(ROOT / name, tree / name)
+    # Every start on a dyno, or with PYTHONDONTWRITEBYTECODE: nothing it compiles is kept.
+    env = clean_env(INSTANCE_PATH=str(tmp_path / "instance"), PYTHONDONTWRITEBYTECODE="1")
+
+    def compiled_at_start() -> int:
+        start = [sys.executable, "-c", COMPILED_AT_START, str(tree)]
+        done = subprocess.run(start, cwd=tree, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.splitlines()[-1])  # after the app's log lines
+
+    assert compiled_at_start() > 30  # from source: every module of the package
+    subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=tree, env=env, check=True)
+    assert compiled_at_start() == 0
