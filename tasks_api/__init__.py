@@ -11,20 +11,24 @@ import gc
 _collecting = gc.isenabled()
 gc.disable()
 
+import functools
+import inspect
 import sys
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import click
 import flask_smorest
-from flask import Blueprint, Flask, Response, request
+from flask import Blueprint, Flask, Response
 from flask.json.provider import DefaultJSONProvider
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import auth, cli, db, errors, logs, pages, routes, sync
 from .config import ConfigError, Settings, instance_secret
+from .context import current_request
 from .schemas.fields import ProblemSchema
 
 if _collecting:
@@ -88,6 +92,28 @@ class JSONProvider(DefaultJSONProvider):
         return text
 
 
+class App(Flask):
+    """Flask, asking once per function whether it is a coroutine.
+
+    Flask asks before calling each hook and view (`ensure_sync`, a dozen times a
+    request, for the same few functions); `inspect.iscoroutinefunction` unwraps and
+    inspects the function each time. Keyed by the function under a bound method: a
+    view's method is bound anew on each request.
+    """
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            plain = _plain(getattr(func, "__func__", func))
+        except TypeError:  # a callable that cannot be a key: asked each time
+            plain = not inspect.iscoroutinefunction(func)
+        return func if plain else self.async_to_sync(func)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain(func: Callable[..., Any]) -> bool:
+    return not inspect.iscoroutinefunction(func)
+
+
 class Api(flask_smorest.Api):
     """flask-smorest's Api, without the parts that would misdescribe this API."""
 
@@ -114,7 +140,7 @@ def create_app(settings: Settings | None = None, *, instance_path: str | None = 
         except ConfigError as error:
             raise SystemExit(f"tasks_api: {error}") from None
     logs.configure(settings, stream=sys.stdout if serving else sys.stderr)
-    app = Flask(__name__, instance_path=instance_path or settings.instance_path)
+    app = App(__name__, instance_path=instance_path or settings.instance_path)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         API_TITLE="Tasks API",
@@ -174,7 +200,7 @@ def _vary_on_origin(response: Response) -> Response:
     """`Vary: Origin` on every answer of a CORS route: flask-cors adds it only to an
     allowed origin's answer, and only when several origins are configured, so a shared
     cache could hand one origin's answer (or a no-CORS one) to another."""
-    if request.path.startswith("/api/"):
+    if current_request().path.startswith("/api/"):
         response.vary.add("Origin")
     return response
 
@@ -182,7 +208,7 @@ def _vary_on_origin(response: Response) -> Response:
 def _security_headers(response: Response) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = (
-        DOCS_CSP if request.endpoint == DOCS_ENDPOINT else API_CSP
+        DOCS_CSP if current_request().endpoint == DOCS_ENDPOINT else API_CSP
     )
     return response
 

@@ -16,11 +16,12 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import jwt
-from flask import Flask, current_app, request
+from flask import Flask
 from jwt import PyJWK
 
 from . import errors
 from .config import Settings, instance_secret
+from .context import current_application, current_request
 
 log = logging.getLogger(__name__)
 
@@ -314,10 +315,10 @@ def init_app(app: Flask, settings: Settings) -> None:
 
 def authorize(user_id: str) -> None:
     """Let the request through only if its bearer token's subject is `user_id`."""
-    authenticator: Authenticator | None = current_app.extensions["tasks_api.auth"]
+    authenticator: Authenticator | None = current_application().extensions["tasks_api.auth"]
     if authenticator is None:
         return
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, token = current_request().headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         errors.unauthorized("Send a bearer token: Authorization: Bearer <token>.", token_sent=False)
     if authenticator.subject(token.strip()) != user_id:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
-from flask import Flask, current_app, g
+from flask import Flask
 from sqlalchemy import Connection, Engine, NullPool, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
@@ -24,6 +24,7 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from . import positions
 from .config import Settings, masked, private_folder
+from .context import current_application, current_globals
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +111,21 @@ def _sqlite_engine(url: URL, settings: Settings) -> Engine:
 
 
 def current_engine() -> Engine:
-    engine: Engine = current_app.extensions["tasks_api.engine"]
+    engine: Engine = current_application().extensions["tasks_api.engine"]
     return engine
 
 
 def connection() -> Connection:
     """The request's connection, checked out of the pool on first use."""
-    if "db_connection" not in g:
-        g.db_connection = current_engine().connect()
-    conn: Connection = g.db_connection
+    state = current_globals()
+    conn: Connection | None = state.get("db_connection")
+    if conn is None:
+        conn = state.db_connection = current_engine().connect()
     return conn
 
 
 def _release_connection(_exc: BaseException | None) -> None:
-    conn: Connection | None = g.pop("db_connection", None)
+    conn: Connection | None = current_globals().pop("db_connection", None)
     if conn is not None:
         conn.close()
 

@@ -28,6 +28,7 @@ from werkzeug.exceptions import (
 )
 
 from . import db
+from .context import current_application
 from .logs import request_id
 from .schemas.fields import ProblemSchema
 
@@ -206,9 +207,8 @@ def problem(
     }
     if errors:
         body["errors"] = errors
-    response = current_app.response_class(
-        current_app.json.dumps(body), status=status, mimetype=PROBLEM_JSON
-    )
+    app = current_application()
+    response = app.response_class(app.json.dumps(body), status=status, mimetype=PROBLEM_JSON)
     response.headers.update(headers or {})
     return response
 

@@ -17,9 +17,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response
 
 from .config import Settings
+from .context import current_globals, current_request
 
 log = logging.getLogger("tasks_api.request")
 
@@ -119,11 +120,12 @@ def init_app(app: Flask) -> None:
 
 def request_id() -> str:
     """This request's id: the router's `X-Request-ID` when it is sane, else a new one."""
-    rid: str | None = g.get("request_id")
+    state = current_globals()
+    rid: str | None = state.get("request_id")
     if rid is None:
         # From the environ: the Headers view raises and catches a KeyError when absent.
-        sent = request.environ.get("HTTP_X_REQUEST_ID", "")
-        rid = g.request_id = sent if REQUEST_ID.fullmatch(sent) else new_request_id()
+        sent = current_request().environ.get("HTTP_X_REQUEST_ID", "")
+        rid = state.request_id = sent if REQUEST_ID.fullmatch(sent) else new_request_id()
     return rid
 
 
@@ -134,7 +136,7 @@ def new_request_id() -> str:
 
 
 def _start() -> None:
-    g.started = time.perf_counter()
+    current_globals().started = time.perf_counter()
 
 
 def _finish(response: Response) -> Response:
@@ -142,10 +144,11 @@ def _finish(response: Response) -> Response:
     response.headers["X-Request-ID"] = rid
     if not log.isEnabledFor(logging.INFO):
         return response
-    duration = round((time.perf_counter() - g.started) * 1000, 2) if "started" in g else None
-    rule = request.url_rule
+    req, started = current_request(), current_globals().get("started")
+    duration = round((time.perf_counter() - started) * 1000, 2) if started is not None else None
+    rule = req.url_rule
     route = rule.rule if rule is not None else "<no route>"
-    method, status = request.method, response.status_code
+    method, status = req.method, response.status_code
     fields = {
         "method": method,
         "route": route,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from datetime import datetime
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.support import assert_problem
@@ -413,3 +415,28 @@ def test_invalid_user_id_is_422_on_every_route(
 
     problem = assert_problem(response, 422)
     assert list(problem["errors"]) == ["user_id"]
+
+
+def test_a_coroutine_function_is_still_run_as_one(app: Flask) -> None:
+    """The app keeps whether each hook or view is a coroutine (tasks_api.App.ensure_sync):
+    a plain one is called as it is, an `async def` one still goes to Flask's async support
+    (which needs the `async` extra this project does not install), bound or not; a
+    callable that cannot be a key is asked each time."""
+
+    def plain() -> None: ...
+
+    async def coroutine() -> None: ...
+
+    class View:
+        async def get(self) -> None: ...
+
+    @dataclasses.dataclass  # eq=True: not hashable
+    class Handler:
+        def __call__(self) -> None: ...
+
+    handler = Handler()
+    for callable_ in (plain, plain, handler):
+        assert app.ensure_sync(callable_) is callable_
+    for async_callable in (coroutine, View().get, View().get):
+        with pytest.raises(RuntimeError, match="'async' extra"):
+            app.ensure_sync(async_callable)

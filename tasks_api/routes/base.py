@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 
 import flask_smorest
 import marshmallow as ma
-from flask import Request, Response, current_app, request, url_for
+from flask import Request, Response, current_app, url_for
 from sqlalchemy import Connection
 from webargs.core import is_json, missing
 from webargs.flaskparser import FlaskParser
@@ -22,6 +22,7 @@ from webargs.multidictproxy import MultiDictProxy
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 from .. import auth, db, errors
+from ..context import current_application, current_request
 from ..repository import keys
 from ..repository.writes import OK, Outcome, Row
 from ..schemas.fields import USER_ID, USER_ID_PATTERN, USER_ID_RULE
@@ -49,7 +50,7 @@ class JSONBodyParser(FlaskParser):
         without an Idempotency-Key, whose header schema cost it ~5% in-process)."""
         if location not in ("query", "headers") or not isinstance(argmap, ma.Schema):
             return super().parse(argmap, req, location=location, **kwargs)
-        sent = req or request
+        sent = req or self.get_default_request()
         if location == "query":
             empty = not sent.query_string
         else:
@@ -60,6 +61,11 @@ class JSONBodyParser(FlaskParser):
         if key not in self._defaults:
             self._defaults[key] = super().parse(argmap, req, location=location, **kwargs)
         return dict(self._defaults[key])
+
+    def get_default_request(self) -> Request:
+        # The request itself, not Flask's proxy, which webargs passes to each loader
+        # (tasks_api/context.py).
+        return current_request()
 
     def load_querystring(self, req: Any, schema: ma.Schema) -> Any:
         return _QueryArgs(req.args, schema)
@@ -148,10 +154,11 @@ def api_blueprint(name: str, import_name: str, resource: str, description: str) 
 
 def _authorize() -> None:
     """The one gate for every /api route: the token's subject must be the path's user."""
-    if request.method == "OPTIONS":  # CORS preflights carry no token
+    req = current_request()
+    if req.method == "OPTIONS":  # CORS preflights carry no token
         return
-    assert request.view_args is not None
-    user_id = request.view_args["user_id"]
+    assert req.view_args is not None
+    user_id = req.view_args["user_id"]
     auth.authorize(user_id)
     if not USER_ID.fullmatch(user_id):
         errors.validation_failed({"user_id": [USER_ID_RULE]})
@@ -231,14 +238,15 @@ def json_response(
 ) -> Response:
     """A JSON response, encoded here: views return these, so flask-smorest passes them
     through instead of dumping with the schema it documents (see `dump_task`)."""
-    return current_app.response_class(
-        current_app.json.dumps(body), status, headers, mimetype="application/json"
-    )
+    app = current_application()
+    return app.response_class(app.json.dumps(body), status, headers, mimetype="application/json")
 
 
 def not_modified(row: Row) -> Response | None:
     """304 when If-None-Match names the row's current version."""
-    if request.if_none_match.contains_weak(str(row["version"])):
+    req = current_request()
+    # Most reads send none: no header to parse (its absence is a KeyError caught inside).
+    if "HTTP_IF_NONE_MATCH" in req.environ and req.if_none_match.contains_weak(str(row["version"])):
         return Response(status=304, headers={"ETag": etag(row)})
     return None
 
@@ -253,13 +261,14 @@ def if_match() -> frozenset[int] | None:
 
     Strong comparison: weak or foreign tags match no version, so the write is a 412.
     """
-    if not request.headers.get("If-Match", "").strip() or request.if_match.star_tag:
+    req = current_request()
+    if not req.headers.get("If-Match", "").strip() or req.if_match.star_tag:
         return None
-    if len(request.if_match.as_set(include_weak=True)) > MAX_IF_MATCH_TAGS:
+    if len(req.if_match.as_set(include_weak=True)) > MAX_IF_MATCH_TAGS:
         errors.validation_failed(
             {"If-Match": [f"At most {MAX_IF_MATCH_TAGS} entity tags; send the ETag you read."]}
         )
-    tags = request.if_match.as_set()
+    tags = req.if_match.as_set()
     return frozenset(int(tag) for tag in tags if tag and _VERSION_TAG.fullmatch(tag))
 
 
