@@ -95,9 +95,9 @@ class JSONProvider(DefaultJSONProvider):
 class App(Flask):
     """Flask, asking once per function whether it is a coroutine.
 
-    Flask asks before calling each hook and view (`ensure_sync`, a dozen times a
-    request, for the same few functions); `inspect.iscoroutinefunction` unwraps and
-    inspects the function each time. Keyed by the function under a bound method: a
+    Flask asks before calling each hook and view (`ensure_sync`, ten times a request,
+    for the same few functions); `inspect.iscoroutinefunction` unwraps and inspects the
+    function each time. Keyed by the function under a bound method: a
     view's method is bound anew on each request.
     """
 
