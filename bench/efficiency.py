@@ -74,13 +74,13 @@ BEFORE = "0dbd73bae974eb10fe1087861c025e7f7fbd1f85"
 LOOPBACK_MODES = ("get", "list", "create")
 NETWORK_MODES = ("get", "list")
 KINDS = ("floor", "before", "after")
-# What any app on the project's fixed stack imports before it can answer, with the
-# collector off as tasks_api imports it: a cold start's lower bound for tasks_api (the
-# floor imports only gunicorn and psycopg).
 # The build step of docs/deployment.md: the app's own Python, which a checkout holds as
 # source only, compiled ahead (pip compiled the libraries as it installed them).
 BUILD = ("compileall", "-q", "--invalidation-mode", "checked-hash")
 BUILT = ("tasks_api", "wsgi.py", "gunicorn.conf.py")
+# What any app on the project's fixed stack imports before it can answer, with the
+# collector off as tasks_api imports it: a cold start's lower bound for tasks_api (the
+# floor imports only gunicorn and psycopg).
 STACK_IMPORTS = (
     "import gc; gc.disable(); import gunicorn.arbiter, gunicorn.workers.gthread, flask,"
     " flask_smorest, flask_cors, marshmallow, sqlalchemy.orm, psycopg, jwt, dotenv"
